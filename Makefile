@@ -1,0 +1,39 @@
+# The two entry points of the README: `make demo` and `make test`. Both create .venv if missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RECIPE ?= dino_vit_tiny_fmnist
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: install demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+
+# Installs the package (editable) with its pinned dependencies; torch/torchvision come from pip's cache.
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+
+# Debian ships the full 60k/10k Fashion-MNIST; install it when missing and apt is available.
+$(FMNIST):
+	@if command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST not found at $(dir $(FMNIST)); install Debian's dataset-fashion-mnist" >&2; exit 1; \
+	fi
+
+demo: install $(FMNIST)
+	$(BIN)/dinolab demo $(RECIPE)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) runs
