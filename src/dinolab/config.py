@@ -1,0 +1,275 @@
+"""Typed run configuration: dataclasses, shipped YAML recipes, dotted overrides, validation.
+
+A config is plain data. `load()` resolves a recipe name or a YAML path, applies `key=value`
+overrides and validates everything at once, so a typo fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit_tiny"  # vit_tiny | vit_small | vit_base | vit_large | vit_giant
+    patch_size: int = 16
+    in_chans: int = 3
+    img_size: int = 224  # size the position embedding is learned at; other sizes are interpolated
+    drop_path_rate: float = 0.1
+    num_register_tokens: int = 0
+    layerscale_init: float | None = None  # e.g. 1e-5 for DINOv2; None disables LayerScale
+    ffn: str = "mlp"  # mlp | swiglu
+    qkv_bias: bool = True
+
+
+@dataclass
+class HeadConfig:
+    out_dim: int = 65536  # number of prototypes K
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    nlayers: int = 3
+    norm_last_layer: bool = True
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "folder"  # folder | fmnist
+    path: str = ""  # image folder, or Fashion-MNIST dir ("" = Debian's default location)
+    split: str = "train"  # for fmnist: train | test
+    canvas_size: int = 0  # folder images are resized+center-cropped to this first (0 = global size * 8/7)
+    global_crops_size: int = 224
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_number: int = 8
+    local_crops_size: int = 96
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    color_jitter: bool = True  # official: brightness .4, contrast .4, saturation .2, hue .1 with p=0.8
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # Gaussian blur sigma range, in pixels of the crop
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    num_workers: int = 1
+
+
+@dataclass
+class LossConfig:
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04  # final teacher temperature (the paper: 0.04, up to 0.07)
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 0.0005  # at batch 256; scaled linearly by batch_size / 256
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # per-parameter gradient norm clip; 0 disables
+    freeze_last_layer_epochs: int = 1
+    momentum_teacher: float = 0.996
+    momentum_teacher_end: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/dino"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    log_every: int = 20  # iterations between metrics.jsonl lines
+    save_every_epochs: int = 1
+    keep_last: int = 2  # checkpoints kept besides checkpoint.pth
+    compile: bool = False  # torch.compile the backbones (worth it on GPU; slow to start on CPU)
+
+
+@dataclass
+class EvalConfig:
+    knn_k: tuple[int, ...] = (10, 20, 100, 200)
+    knn_temperature: float = 0.07
+    batch_size: int = 256
+    test_path: str = ""  # labeled data for k-NN after training (fmnist: "" = Debian test split)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists so YAML stays readable."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Build a Config from a shipped recipe name or a YAML file, then apply `a.b=value` overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"config {str(name_or_path)!r} not found: give a YAML file path or one of the shipped recipes "
+            f"{', '.join(available_recipes())}"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, ...)")
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.epochs=5")
+        section, dot, leaf = key.strip().partition(".")
+        if not dot:
+            raise ConfigError(f"override {item!r}: key must be section.key, e.g. optim.epochs")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section!r} is a section, not a value")
+        raw[section][leaf] = yaml.safe_load(text) if text.strip() else ""
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Convert nested dicts to a validated Config; unknown keys and wrong types name the key."""
+    cfg = _build(Config, raw, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {', '.join(sorted(names))}"
+        )
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value or {}, prefix=f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+ARCHS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant")
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that would make a silent wrong run."""
+    checks = [
+        (cfg.model.arch in ARCHS, "model.arch", f"must be one of {', '.join(ARCHS)}"),
+        (cfg.model.patch_size > 0, "model.patch_size", "must be positive"),
+        (cfg.model.in_chans in (1, 3), "model.in_chans", "must be 1 or 3"),
+        (0 <= cfg.model.drop_path_rate < 1, "model.drop_path_rate", "must be in [0, 1)"),
+        (cfg.model.num_register_tokens >= 0, "model.num_register_tokens", "must be >= 0"),
+        (cfg.model.ffn in ("mlp", "swiglu"), "model.ffn", "must be mlp or swiglu"),
+        (cfg.head.out_dim > 0 and cfg.head.nlayers >= 1, "head", "out_dim > 0 and nlayers >= 1"),
+        (cfg.data.dataset in ("folder", "fmnist"), "data.dataset", "must be folder or fmnist"),
+        (cfg.data.split in ("train", "test"), "data.split", "must be train or test"),
+        (cfg.data.global_crops_size % cfg.model.patch_size == 0, "data.global_crops_size",
+         f"must be a multiple of model.patch_size={cfg.model.patch_size}"),
+        (cfg.data.local_crops_number == 0 or cfg.data.local_crops_size % cfg.model.patch_size == 0,
+         "data.local_crops_size", f"must be a multiple of model.patch_size={cfg.model.patch_size}"),
+        (cfg.data.local_crops_number >= 0, "data.local_crops_number", "must be >= 0"),
+        (_scale_ok(cfg.data.global_crops_scale), "data.global_crops_scale", "must be 0 < lo <= hi <= 1"),
+        (_scale_ok(cfg.data.local_crops_scale), "data.local_crops_scale", "must be 0 < lo <= hi <= 1"),
+        (len(cfg.data.mean) == len(cfg.data.std) == cfg.model.in_chans, "data.mean/std",
+         f"need one value per channel (model.in_chans={cfg.model.in_chans})"),
+        (all(s > 0 for s in cfg.data.std), "data.std", "must be positive"),
+        (cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0"),
+        (cfg.loss.student_temp > 0 and cfg.loss.teacher_temp > 0 and cfg.loss.warmup_teacher_temp > 0,
+         "loss temperatures", "must be positive"),
+        (0 <= cfg.loss.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)"),
+        (cfg.optim.epochs >= 1, "optim.epochs", "must be >= 1"),
+        (cfg.optim.batch_size >= 2, "optim.batch_size", "must be >= 2"),
+        (cfg.optim.lr > 0, "optim.lr", "must be positive"),
+        (0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs, "optim.warmup_epochs", "must be in [0, epochs]"),
+        (cfg.optim.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables)"),
+        (0 <= cfg.optim.momentum_teacher <= cfg.optim.momentum_teacher_end <= 1, "optim.momentum_teacher",
+         "need 0 <= momentum_teacher <= momentum_teacher_end <= 1"),
+        (cfg.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
+         "must be auto, fp32, bf16 or fp16"),
+        (cfg.train.device == "auto" or cfg.train.device.split(":")[0] in ("cpu", "cuda"), "train.device",
+         "must be auto, cpu, cuda or cuda:N"),
+        (cfg.train.log_every >= 1 and cfg.train.save_every_epochs >= 1, "train.log_every/save_every_epochs",
+         "must be >= 1"),
+        (cfg.train.keep_last >= 1, "train.keep_last", "must be >= 1"),
+        (all(k >= 1 for k in cfg.eval.knn_k), "eval.knn_k", "every k must be >= 1"),
+        (cfg.eval.knn_temperature > 0, "eval.knn_temperature", "must be positive"),
+    ]
+    for ok, key, why in checks:
+        if not ok:
+            raise ConfigError(f"{key}: {why}")
+
+
+def _scale_ok(scale: tuple[float, float]) -> bool:
+    return 0 < scale[0] <= scale[1] <= 1
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

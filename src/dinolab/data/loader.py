@@ -1,0 +1,84 @@
+"""Batches for training: each item is one whole augmented batch, seeded by (seed, epoch, batch index).
+
+Making the batch the unit of work lets a DataLoader worker decode and augment a full batch with
+batched tensor ops while the main process trains, and makes every crop reproducible after a
+resume regardless of the number of workers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from dinolab.config import DataConfig
+from dinolab.data.datasets import FashionMNIST, ImageFolder, collate_images
+from dinolab.data.transforms import MultiCropAugmentation, dino_crop_specs
+
+
+def build_dataset(cfg: DataConfig, in_chans: int, split: str | None = None, path: str | None = None) -> Dataset:
+    """The raw (un-augmented) dataset a DataConfig points at. Folder images come at canvas size."""
+    path = cfg.path if path is None else path
+    if cfg.dataset == "fmnist":
+        return FashionMNIST(path or None, split or cfg.split)
+    if not path:
+        raise ValueError("data.path is empty: set it to a folder of images (data.path=/my/images)")
+    canvas = cfg.canvas_size or cfg.global_crops_size * 8 // 7
+    return ImageFolder(path, size=canvas, channels=in_chans)
+
+
+def build_augmentation(cfg: DataConfig) -> MultiCropAugmentation:
+    specs = dino_crop_specs(
+        cfg.global_crops_size, cfg.global_crops_scale, cfg.local_crops_number, cfg.local_crops_size,
+        cfg.local_crops_scale,
+    )
+    return MultiCropAugmentation(specs, cfg.mean, cfg.std, color_jitter=cfg.color_jitter, blur_sigma=cfg.blur_sigma)
+
+
+class MultiCropBatches(Dataset):
+    """Item i = the crops of batch i of one epoch: (list of crop tensors, labels, n skipped)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        augmentation: MultiCropAugmentation,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        start_batch: int = 0,
+    ):
+        self.dataset, self.augmentation = dataset, augmentation
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        self.batches = order[: len(order) // batch_size * batch_size].view(-1, batch_size)
+        self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
+
+    def __len__(self) -> int:
+        return len(self.batches) - self.start_batch
+
+    def __getitem__(self, i: int) -> tuple[list[Tensor], Tensor, int]:
+        index = self.start_batch + i
+        images, labels, skipped = collate_images([self.dataset[int(j)] for j in self.batches[index]])
+        if len(images) == 0:
+            return [], labels, skipped
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF)
+        return self.augmentation(images, g), labels, skipped
+
+
+def batches_per_epoch(dataset: Dataset, batch_size: int) -> int:
+    return len(dataset) // batch_size
+
+
+def multicrop_loader(batches: MultiCropBatches, num_workers: int) -> DataLoader:
+    return DataLoader(
+        batches,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        prefetch_factor=4 if num_workers else None,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_single_thread,
+    )
+
+
+def _single_thread(_: int) -> None:
+    torch.set_num_threads(1)  # workers share the box with the training process

@@ -1,0 +1,76 @@
+"""Weighted k-NN classification on L2-normalized features (the DINO paper's protocol, T = 0.07).
+
+Each test image votes with its k most cosine-similar training images, weighted by exp(sim / T).
+All k values are scored from one top-k search.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from dinolab.device import Runtime
+from dinolab.eval.features import extract_features
+
+
+@torch.no_grad()
+def knn_classify(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    ks: tuple[int, ...] | list[int] = (10, 20, 100, 200),
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> dict[int, dict[str, float]]:
+    """Top-1 / top-5 accuracy (%) of weighted k-NN for every k in `ks`."""
+    if train_features.shape[1] != test_features.shape[1]:
+        raise ValueError(
+            f"train features have dimension {train_features.shape[1]} but test features {test_features.shape[1]}"
+        )
+    if len(train_features) != len(train_labels) or len(test_features) != len(test_labels):
+        raise ValueError("every feature row needs exactly one label")
+    if (train_labels < 0).any() or (test_labels < 0).any():
+        raise ValueError("k-NN needs labeled data: some images have no class (label -1)")
+    ks = sorted(set(ks))
+    if ks[-1] > len(train_features):
+        raise ValueError(f"k={ks[-1]} is larger than the {len(train_features)} training images")
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    train = F.normalize(train_features.float(), dim=1)
+    test = F.normalize(test_features.float(), dim=1)
+    kmax = ks[-1]
+    correct = {k: torch.zeros(2) for k in ks}
+    for start in range(0, len(test), chunk_size):
+        sims, idx = (test[start : start + chunk_size] @ train.T).topk(kmax, dim=1)
+        neighbor_labels = train_labels[idx]
+        weights = (sims / temperature).exp()
+        truth = test_labels[start : start + chunk_size].unsqueeze(1)
+        for k in ks:
+            votes = torch.zeros(len(idx), num_classes)
+            votes.scatter_add_(1, neighbor_labels[:, :k], weights[:, :k])
+            top = votes.topk(min(5, num_classes), dim=1).indices
+            correct[k][0] += (top[:, :1] == truth).sum()
+            correct[k][1] += (top == truth).any(dim=1).sum()
+    n = len(test)
+    return {k: {"top1": 100.0 * float(c[0]) / n, "top5": 100.0 * float(c[1]) / n} for k, c in correct.items()}
+
+
+def knn(
+    model: nn.Module,
+    train_dataset: Dataset,
+    test_dataset: Dataset,
+    k: int | tuple[int, ...] = 20,
+    temperature: float = 0.07,
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+    std: tuple[float, ...] = (0.229, 0.224, 0.225),
+    batch_size: int = 256,
+    runtime: Runtime | None = None,
+    quiet: bool = False,
+) -> dict[int, dict[str, float]]:
+    """Extract embeddings of both datasets with `model` and score weighted k-NN."""
+    ks = (k,) if isinstance(k, int) else tuple(k)
+    train = extract_features(model, train_dataset, mean, std, batch_size, runtime, quiet=quiet)
+    test = extract_features(model, test_dataset, mean, std, batch_size, runtime, quiet=quiet)
+    return knn_classify(*train, *test, ks=ks, temperature=temperature)

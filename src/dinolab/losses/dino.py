@@ -1,0 +1,41 @@
+"""The DINO loss: cross-entropy between the teacher's centered, sharpened distribution of each
+global view and the student's distribution of every other view."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dinolab.losses.centering import centered_softmax, update_center
+
+
+class DINOLoss(nn.Module):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, teacher_temp: float, n_global: int = 2
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """student_logits: (n_crops*B, K), crops stacked view by view, global views first;
+        teacher_logits: (n_global*B, K). Returns the loss and collapse statistics; updates the center.
+
+        Pairs (teacher view i, student view v != i) are summed as q_i * (sum_v log p_v - log p_i),
+        which equals the paper's double loop with n_global instead of n_global * n_crops products.
+        """
+        n_crops = len(student_logits) // (len(teacher_logits) // n_global)
+        log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1).chunk(n_crops)
+        teacher_logits = teacher_logits.float().detach()
+        q = centered_softmax(teacher_logits, self.center, teacher_temp).chunk(n_global)
+        log_p_sum = torch.stack(log_p).sum(0)
+        total = sum(-(q[i] * (log_p_sum - log_p[i])).sum(-1).mean() for i in range(n_global))
+        loss = total / (n_global * (n_crops - 1))
+        with torch.no_grad():
+            q_all = torch.cat(q)
+            entropy = -(q_all * torch.log(q_all.clamp_min(1e-30))).sum(-1).mean()
+        update_center(self.center, teacher_logits, self.center_momentum)
+        stats = {"teacher_entropy": entropy, "kl": loss.detach() - entropy}
+        return loss, stats

@@ -1,0 +1,75 @@
+"""Projection heads: the DINO head (also used, unshared or shared, as iBOT's patch head)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class WeightNormLinear(nn.Module):
+    """Bias-free linear layer with weight normalization w = g * v / ||v|| per output row.
+
+    Written out (instead of torch's parametrization) so state-dict keys are the official
+    `weight_g` / `weight_v`, and so the scale is applied to the (B, K) output rather than by
+    materializing a normalized (K, d) weight each step.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, fix_norm: bool = True):
+        super().__init__()
+        self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not fix_norm)
+        nn.init.trunc_normal_(self.weight_v, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight_g / torch.linalg.vector_norm(self.weight_v, dim=1, keepdim=True)
+        return F.linear(x, self.weight_v) * scale.t().to(x.dtype)
+
+
+class DINOHead(nn.Module):
+    """MLP (GELU, no batch norm) -> bottleneck -> L2 normalization -> weight-normalized prototypes."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        norm_last_layer: bool = True,
+    ):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fix_norm=norm_last_layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+class MultiCropWrapper(nn.Module):
+    """Backbone + head over a list of crops: crops of one resolution go through the backbone together."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, crops: list[Tensor]) -> Tensor:
+        features, start = [], 0
+        while start < len(crops):
+            end = start + 1
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            features.append(self.backbone(torch.cat(crops[start:end])))
+            start = end
+        return self.head(torch.cat(features))

@@ -1,0 +1,168 @@
+"""Vision Transformer backbone for the DINO family (DINO, iBOT and DINOv2 variants).
+
+Tokens are [CLS], then optional register tokens, then patches. Learned position embeddings
+cover [CLS] + the patch grid of `img_size` and are bicubically interpolated for other sizes.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dinolab.models.layers import Block, PatchEmbed
+
+
+class VisionTransformer(nn.Module):
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        layerscale_init: float | None = None,
+        ffn: str = "mlp",
+        num_register_tokens: int = 0,
+    ):
+        super().__init__()
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.num_register_tokens = num_register_tokens
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        grid = img_size // patch_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, embed_dim))
+        self.register_tokens = (
+            nn.Parameter(torch.zeros(1, num_register_tokens, embed_dim)) if num_register_tokens else None
+        )
+        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))  # replaces masked patches (iBOT)
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, layerscale_init, ffn) for rate in rates
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.register_tokens is not None:
+            nn.init.normal_(self.register_tokens, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def interpolate_pos_encoding(self, h: int, w: int) -> Tensor:
+        """Position embedding for an h x w input: the learned grid, bicubically resized if needed."""
+        num_patches = self.pos_embed.shape[1] - 1
+        gh, gw = h // self.patch_size, w // self.patch_size
+        if gh * gw == num_patches and gh == gw:
+            return self.pos_embed
+        side = int(math.sqrt(num_patches))
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patch_pos = F.interpolate(patch_pos.float(), size=(gh, gw), mode="bicubic", align_corners=False)
+        patch_pos = patch_pos.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
+        return torch.cat((cls_pos, patch_pos), dim=1)
+
+    def prepare_tokens(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
+        b, _, h, w = x.shape
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"the model takes {self.in_chans}-channel images, got {x.shape[1]} channels")
+        x = self.patch_embed(x)
+        if masks is not None:
+            x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        x = torch.cat((self.cls_token.expand(b, -1, -1), x), dim=1)
+        x = x + self.interpolate_pos_encoding(h, w)
+        if self.register_tokens is not None:
+            x = torch.cat((x[:, :1], self.register_tokens.expand(b, -1, -1), x[:, 1:]), dim=1)
+        return x
+
+    def forward_features(self, x: Tensor, masks: Tensor | None = None) -> dict[str, Tensor | None]:
+        """Normalized [CLS], register and patch tokens (the DINOv2 dict), plus pre-norm tokens."""
+        x = self.prepare_tokens(x, masks)
+        for blk in self.blocks:
+            x = blk(x)
+        x_norm = self.norm(x)
+        r = self.num_register_tokens
+        return {
+            "x_norm_clstoken": x_norm[:, 0],
+            "x_norm_regtokens": x_norm[:, 1 : r + 1],
+            "x_norm_patchtokens": x_norm[:, r + 1 :],
+            "x_prenorm": x,
+            "masks": masks,
+        }
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The normalized [CLS] token: the image embedding used by the DINO head and k-NN."""
+        return self.forward_features(x)["x_norm_clstoken"]
+
+    def get_intermediate_layers(
+        self,
+        x: Tensor,
+        n: int | list[int] = 1,
+        reshape: bool = False,
+        return_class_token: bool = False,
+        norm: bool = True,
+    ) -> tuple:
+        """Patch tokens of the last `n` blocks (or of the block indices in `n`), as in DINOv2."""
+        wanted = set(range(len(self.blocks) - n, len(self.blocks))) if isinstance(n, int) else set(n)
+        b, _, h, w = x.shape
+        x = self.prepare_tokens(x)
+        outputs = []
+        for i, blk in enumerate(self.blocks):
+            x = blk(x)
+            if i in wanted:
+                outputs.append(self.norm(x) if norm else x)
+        if len(outputs) != len(wanted):
+            raise ValueError(f"asked for blocks {sorted(wanted)} of a {len(self.blocks)}-block model")
+        r = self.num_register_tokens
+        class_tokens = [out[:, 0] for out in outputs]
+        patches = [out[:, r + 1 :] for out in outputs]
+        if reshape:
+            gh, gw = h // self.patch_size, w // self.patch_size
+            patches = [p.reshape(b, gh, gw, -1).permute(0, 3, 1, 2).contiguous() for p in patches]
+        if return_class_token:
+            return tuple(zip(patches, class_tokens, strict=True))
+        return tuple(patches)
+
+    def get_last_selfattention(self, x: Tensor) -> Tensor:
+        """Attention weights of the last block, (B, heads, N, N), tokens ordered [CLS], registers, patches."""
+        x = self.prepare_tokens(x)
+        for blk in self.blocks[:-1]:
+            x = blk(x)
+        return self.blocks[-1].forward_with_attention(x)[1]
+
+
+ARCH_SIZES = {
+    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
+    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "vit_giant": dict(embed_dim=1536, depth=40, num_heads=24),  # DINOv2's ViT-g (use ffn="swiglu")
+}
+
+
+def vit(arch: str, **kwargs) -> VisionTransformer:
+    if arch not in ARCH_SIZES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCH_SIZES)}")
+    return VisionTransformer(**{**ARCH_SIZES[arch], **kwargs})
+
+
+vit_tiny = partial(vit, "vit_tiny")
+vit_small = partial(vit, "vit_small")
+vit_base = partial(vit, "vit_base")
+vit_large = partial(vit, "vit_large")
+vit_giant = partial(vit, "vit_giant")

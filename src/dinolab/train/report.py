@@ -1,0 +1,68 @@
+"""The run's human-readable report: report.md with a summary and a loss / entropy plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dinolab.config import Config
+from dinolab.train.monitor import read_metrics
+
+PLOT_NAME = "training_curves.png"
+
+
+def plot_curves(run_dir: str | Path) -> Path | None:
+    """Loss, teacher entropy and KL against iterations, one panel each, as a PNG."""
+    records = read_metrics(run_dir)
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["iteration"] for r in records]
+    keys = [("loss", "DINO loss"), ("teacher_entropy", "teacher entropy (nats)"), ("kl", "KL(teacher || student)")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), constrained_layout=True)
+    for ax, (key, title) in zip(axes, keys, strict=True):
+        ax.plot(x, [r[key] for r in records], lw=1.2)
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    path = Path(run_dir) / PLOT_NAME
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    run_dir: str | Path, cfg: Config, skipped_images: int = 0, sections: dict[str, str] | None = None
+) -> Path:
+    """(Re)write report.md; `sections` (title -> markdown) are appended, e.g. the demo's k-NN table."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    lines = [f"# dinolab run: {run_dir.name}", ""]
+    lines += [
+        f"- model: {cfg.model.arch}/{cfg.model.patch_size}, {cfg.model.in_chans} channel(s), "
+        f"{cfg.head.out_dim} prototypes",
+        f"- data: {cfg.data.dataset} {cfg.data.path or ''}, 2 x {cfg.data.global_crops_size}px + "
+        f"{cfg.data.local_crops_number} x {cfg.data.local_crops_size}px crops",
+        f"- optimization: {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, base lr {cfg.optim.lr}",
+    ]
+    if skipped_images:
+        lines.append(f"- unreadable images skipped: {skipped_images}")
+    if records:
+        last = records[-1]
+        mean_speed = sum(r["img_per_s"] for r in records) / len(records)
+        lines += [
+            f"- last logged step: iteration {last['iteration']}, loss {last['loss']:.4f}, teacher entropy "
+            f"{last['teacher_entropy']:.3f}, KL {last['kl']:.3f}",
+            f"- mean throughput: {mean_speed:.1f} img/s",
+        ]
+    plot = plot_curves(run_dir)
+    if plot:
+        lines += ["", f"![training curves]({plot.name})"]
+    for title, body in (sections or {}).items():
+        lines += ["", f"## {title}", "", body]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
