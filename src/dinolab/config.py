@@ -25,6 +25,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     arch: str = "vit_tiny"  # vit_tiny | vit_small | vit_base | vit_large | vit_giant
+    depth: int = 0  # number of blocks; 0 = the architecture's (12 for tiny/small/base)
     patch_size: int = 16
     in_chans: int = 3
     img_size: int = 224  # size the position embedding is learned at; other sizes are interpolated
@@ -77,11 +78,11 @@ class OptimConfig:
     batch_size: int = 64
     lr: float = 0.0005  # at batch 256; scaled linearly by batch_size / 256
     min_lr: float = 1e-6
-    warmup_epochs: int = 10
+    warmup_epochs: float = 10  # fractions allowed, for short runs
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     clip_grad: float = 3.0  # per-parameter gradient norm clip; 0 disables
-    freeze_last_layer_epochs: int = 1
+    freeze_last_layer_epochs: float = 1  # the prototypes stay fixed this long (fractions allowed)
     momentum_teacher: float = 0.996
     momentum_teacher_end: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -224,6 +225,7 @@ def validate(cfg: Config) -> None:
     checks = [
         (cfg.model.arch in ARCHS, "model.arch", f"must be one of {', '.join(ARCHS)}"),
         (cfg.model.patch_size > 0, "model.patch_size", "must be positive"),
+        (cfg.model.depth >= 0, "model.depth", "must be >= 0 (0 = the architecture's depth)"),
         (cfg.model.in_chans in (1, 3), "model.in_chans", "must be 1 or 3"),
         (0 <= cfg.model.drop_path_rate < 1, "model.drop_path_rate", "must be in [0, 1)"),
         (cfg.model.num_register_tokens >= 0, "model.num_register_tokens", "must be >= 0"),
@@ -249,6 +251,7 @@ def validate(cfg: Config) -> None:
         (cfg.optim.batch_size >= 2, "optim.batch_size", "must be >= 2"),
         (cfg.optim.lr > 0, "optim.lr", "must be positive"),
         (0 <= cfg.optim.warmup_epochs <= cfg.optim.epochs, "optim.warmup_epochs", "must be in [0, epochs]"),
+        (cfg.optim.freeze_last_layer_epochs >= 0, "optim.freeze_last_layer_epochs", "must be >= 0"),
         (cfg.optim.clip_grad >= 0, "optim.clip_grad", "must be >= 0 (0 disables)"),
         (0 <= cfg.optim.momentum_teacher <= cfg.optim.momentum_teacher_end <= 1, "optim.momentum_teacher",
          "need 0 <= momentum_teacher <= momentum_teacher_end <= 1"),

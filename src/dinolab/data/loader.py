@@ -77,6 +77,7 @@ def multicrop_loader(batches: MultiCropBatches, num_workers: int) -> DataLoader:
         prefetch_factor=4 if num_workers else None,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_single_thread,
+        generator=torch.Generator().manual_seed(batches.seed),  # leaves the global RNG (drop path) alone
     )
 
 

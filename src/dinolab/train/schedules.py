@@ -6,10 +6,10 @@ import numpy as np
 
 
 def cosine_schedule(
-    base: float, final: float, epochs: int, iters_per_epoch: int, warmup_epochs: int = 0, warmup_start: float = 0.0
+    base: float, final: float, epochs: int, iters_per_epoch: int, warmup_epochs: float = 0, warmup_start: float = 0.0
 ) -> np.ndarray:
     """Values for every iteration: linear warmup_start -> base over warm-up, then cosine base -> final."""
-    warmup_iters = warmup_epochs * iters_per_epoch
+    warmup_iters = round(warmup_epochs * iters_per_epoch)
     total = epochs * iters_per_epoch
     warmup = np.linspace(warmup_start, base, warmup_iters, endpoint=False) if warmup_iters else np.array([])
     steps = np.arange(total - warmup_iters)

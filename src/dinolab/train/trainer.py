@@ -52,8 +52,10 @@ class FitResult:
 
 def build_backbone(cfg: Config, drop_path_rate: float | None = None) -> VisionTransformer:
     m = cfg.model
+    depth = {"depth": m.depth} if m.depth else {}
     return vit(
         m.arch,
+        **depth,
         img_size=m.img_size,
         patch_size=m.patch_size,
         in_chans=m.in_chans,
@@ -156,6 +158,7 @@ def fit(
         cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp, cfg.loss.warmup_teacher_temp_epochs, o.epochs
     )
 
+    freeze_last_layer_iters = round(o.freeze_last_layer_epochs * iters_per_epoch)
     start_epoch = 0
     checkpoint_path = Path(resume) if isinstance(resume, (str, Path)) else run_dir / LATEST
     if (resume is not False) and checkpoint_path.exists():
@@ -211,7 +214,7 @@ def fit(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                if epoch < o.freeze_last_layer_epochs:
+                if it < freeze_last_layer_iters:
                     for p in last_layer:
                         p.grad = None
                 if o.clip_grad:
