@@ -27,7 +27,7 @@ demo: install $(FMNIST)
 	$(BIN)/dinolab demo $(RECIPE)
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

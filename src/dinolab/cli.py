@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -32,23 +33,23 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _eval_knn(args: argparse.Namespace) -> None:
-    from dinolab.data.datasets import FashionMNIST, ImageFolder
+    from dinolab.data.loader import build_eval_dataset
     from dinolab.device import resolve
     from dinolab.eval.knn import knn
     from dinolab.train.trainer import teacher_from_checkpoint
 
     checkpoint = Path(args.checkpoint)
     model, cfg = teacher_from_checkpoint(checkpoint)
-    if args.data == "fmnist":
-        train_ds, test_ds = FashionMNIST(args.fmnist_dir, "train"), FashionMNIST(args.fmnist_dir, "test")
-    else:
-        size = args.image_size or cfg.data.global_crops_size
-        resize = size * 8 // 7
-
-        def folder(name: str) -> ImageFolder:
-            return ImageFolder(Path(args.data) / name, size, resize, channels=cfg.model.in_chans)
-
-        train_ds, test_ds = folder(args.train_split), folder(args.test_split)
+    fmnist = args.data == "fmnist"
+    data_cfg = dataclasses.replace(
+        cfg.data,
+        dataset="fmnist" if fmnist else "folder",
+        path=args.fmnist_dir or "",
+        global_crops_size=args.image_size or cfg.data.global_crops_size,
+    )
+    splits = (None, None) if fmnist else (Path(args.data) / args.train_split, Path(args.data) / args.test_split)
+    train_ds = build_eval_dataset(data_cfg, cfg.model.in_chans, "train", splits[0])
+    test_ds = build_eval_dataset(data_cfg, cfg.model.in_chans, "test", splits[1], classes=train_ds.classes)
     results = knn(
         model, train_ds, test_ds, k=tuple(args.k), temperature=args.temperature, mean=cfg.data.mean,
         std=cfg.data.std, batch_size=args.batch_size, runtime=resolve(args.device, args.precision), quiet=args.quiet,

@@ -159,7 +159,8 @@ def load(name_or_path: str | Path, overrides: list[str] | None = None) -> Config
         section, dot, leaf = key.strip().partition(".")
         if not dot:
             raise ConfigError(f"override {item!r}: key must be section.key, e.g. optim.epochs")
-        raw.setdefault(section, {})
+        if raw.get(section) is None:
+            raw[section] = {}
         if not isinstance(raw[section], dict):
             raise ConfigError(f"{section!r} is a section, not a value")
         raw[section][leaf] = yaml.safe_load(text) if text.strip() else ""
@@ -181,7 +182,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(
-            f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {', '.join(sorted(names))}"
+            f"unknown config key {prefix + unknown[0]!r}; valid keys here: {', '.join(sorted(names))}"
         )
     values = {}
     for name, value in raw.items():
@@ -210,6 +211,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

@@ -36,6 +36,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     expected = int(np.prod(shape))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
@@ -82,10 +84,18 @@ class ImageFolder(Dataset):
 
     Each image is resized (shorter side to `resize_size`) and center-cropped to `size` x `size`.
     Images directly in `root` get label -1. Files with other extensions are ignored; files that
-    fail to decode are skipped at load time and counted by `collate_images`.
+    fail to decode are skipped at load time and counted by `collate_images`. Pass the training
+    split's `classes` when building a test split so both number the classes alike.
     """
 
-    def __init__(self, root: str | Path, size: int, resize_size: int | None = None, channels: int = 3):
+    def __init__(
+        self,
+        root: str | Path,
+        size: int,
+        resize_size: int | None = None,
+        channels: int = 3,
+        classes: tuple[str, ...] | None = None,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
@@ -95,12 +105,15 @@ class ImageFolder(Dataset):
         )
         if not self.files:
             raise ValueError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        class_names = sorted({p.relative_to(root).parts[0] for p in self.files if len(p.relative_to(root).parts) > 1})
-        self.classes = tuple(class_names)
-        index = {name: i for i, name in enumerate(class_names)}
-        self.labels = torch.tensor(
-            [index[p.relative_to(root).parts[0]] if len(p.relative_to(root).parts) > 1 else -1 for p in self.files]
-        )
+        parts = [p.relative_to(root).parts for p in self.files]
+        found = sorted({rel[0] for rel in parts if len(rel) > 1})
+        if classes is not None:
+            unknown = sorted(set(found) - set(classes))
+            if unknown:
+                raise ValueError(f"{root} has class folders {unknown} that are not among the known classes {classes}")
+        self.classes = tuple(found) if classes is None else tuple(classes)
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.labels = torch.tensor([index[rel[0]] if len(rel) > 1 else -1 for rel in parts])
 
     def __len__(self) -> int:
         return len(self.files)

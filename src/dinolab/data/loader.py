@@ -7,6 +7,8 @@ resume regardless of the number of workers.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -25,6 +27,19 @@ def build_dataset(cfg: DataConfig, in_chans: int, split: str | None = None, path
         raise ValueError("data.path is empty: set it to a folder of images (data.path=/my/images)")
     canvas = cfg.canvas_size or cfg.global_crops_size * 8 // 7
     return ImageFolder(path, size=canvas, channels=in_chans)
+
+
+def build_eval_dataset(
+    cfg: DataConfig, in_chans: int, split: str, path: str | Path | None = None, classes: tuple[str, ...] | None = None
+) -> Dataset:
+    """Un-augmented labeled images for evaluation: Fashion-MNIST as it is; folder images resized to 8/7 of
+    the global crop size and center-cropped to it (the usual 256 -> 224). `classes`: the train split's."""
+    if cfg.dataset == "fmnist":
+        return FashionMNIST(path or cfg.path or None, split)
+    if not path:
+        raise ValueError(f"no folder given for the {split} split of the evaluation (for the demo: eval.test_path)")
+    size = cfg.global_crops_size
+    return ImageFolder(path, size, size * 8 // 7, channels=in_chans, classes=classes)
 
 
 def build_augmentation(cfg: DataConfig) -> MultiCropAugmentation:

@@ -197,9 +197,9 @@ def fit(
                     continue
                 it = epoch * iters_per_epoch + i
                 for group in optimizer.param_groups:
-                    group["lr"] = lrs[it]
+                    group["lr"] = float(lrs[it])
                     if group["apply_wd"]:
-                        group["weight_decay"] = wds[it]
+                        group["weight_decay"] = float(wds[it])
                 crops = [c.to(runtime.device, non_blocking=True) for c in crops]
                 with runtime.autocast():
                     with torch.no_grad():

@@ -1,0 +1,221 @@
+"""Config: shipped recipes, dotted overrides with type coercion, validation messages, save/load round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from dinolab import config as config_lib
+from dinolab.config import Config, ConfigError
+
+RECIPES = config_lib.available_recipes()
+
+
+def test_shipped_recipes_are_listed() -> None:
+    assert "dino_vit_tiny_fmnist" in RECIPES
+    assert "dino_vits16_imagenet" in RECIPES
+    assert sorted(RECIPES) == RECIPES
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_shipped_recipe_loads_and_validates(name: str) -> None:
+    cfg = config_lib.load(name)
+    assert isinstance(cfg, Config)
+    config_lib.validate(cfg)  # idempotent: no exception
+    assert cfg.data.global_crops_size % cfg.model.patch_size == 0
+    assert len(cfg.data.mean) == len(cfg.data.std) == cfg.model.in_chans
+
+
+def test_imagenet_recipe_matches_the_paper() -> None:
+    cfg = config_lib.load("dino_vits16_imagenet")
+    assert (cfg.model.arch, cfg.model.patch_size) == ("vit_small", 16)
+    assert cfg.head.out_dim == 65536
+    assert cfg.data.local_crops_number == 10
+    assert (cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp) == (0.04, 0.07)
+    assert cfg.optim.batch_size == 1024
+    assert isinstance(cfg.data.global_crops_scale, tuple)
+
+
+def test_recipe_by_yaml_path(tmp_path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("model:\n  arch: vit_small\noptim:\n  epochs: 17\n")
+    cfg = config_lib.load(path)
+    assert cfg.model.arch == "vit_small"
+    assert cfg.optim.epochs == 17
+    assert cfg.optim.batch_size == config_lib.OptimConfig().batch_size  # untouched keys keep defaults
+
+
+def test_unknown_recipe_names_the_shipped_ones() -> None:
+    with pytest.raises(ConfigError, match="dino_vit_tiny_fmnist"):
+        config_lib.load("no_such_recipe")
+
+
+def test_overrides_apply_with_type_coercion() -> None:
+    cfg = config_lib.load(
+        "dino_vit_tiny_fmnist",
+        [
+            "optim.epochs=5",
+            "optim.lr=0.002",
+            "optim.warmup_epochs=1",  # int in YAML, float field
+            "data.global_crops_scale=[0.3, 1]",
+            "train.compile=true",
+            "train.output_dir=123",  # a number where a string is wanted
+            "model.layerscale_init=0.1",
+            "eval.knn_k=[1, 2]",
+            "data.path=",  # empty value -> empty string
+        ],
+    )
+    assert cfg.optim.epochs == 5 and type(cfg.optim.epochs) is int
+    assert cfg.optim.lr == 0.002
+    assert cfg.optim.warmup_epochs == 1.0 and type(cfg.optim.warmup_epochs) is float
+    assert cfg.data.global_crops_scale == (0.3, 1.0)
+    assert all(type(v) is float for v in cfg.data.global_crops_scale)
+    assert cfg.train.compile is True
+    assert cfg.train.output_dir == "123"
+    assert cfg.model.layerscale_init == 0.1
+    assert cfg.eval.knn_k == (1, 2)
+    assert cfg.data.path == ""
+
+
+def test_override_to_none_for_optional_field() -> None:
+    cfg = config_lib.load("dino_vit_tiny_fmnist", ["model.layerscale_init=0.5", "model.layerscale_init=null"])
+    assert cfg.model.layerscale_init is None
+
+
+@pytest.mark.parametrize(("override", "section", "key", "value"), [
+    ("optim.lr=1e-3", "optim", "lr", 1e-3),
+    ("model.layerscale_init=1e-5", "model", "layerscale_init", 1e-5),
+])
+def test_scientific_notation_without_dot_is_a_float(override: str, section: str, key: str, value: float) -> None:
+    cfg = config_lib.load("dino_vit_tiny_fmnist", [override])
+    assert getattr(getattr(cfg, section), key) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("override", "parts"),
+    [
+        ("optim.epochz=3", ("optim", "epochz")),
+        ("model.patch=8", ("model", "patch")),
+        ("optimz.lr=0.1", ("optimz",)),
+    ],
+)
+def test_unknown_key_is_rejected_and_named(override: str, parts: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_lib.load("dino_vit_tiny_fmnist", [override])
+    message = str(info.value)
+    assert "unknown config key" in message
+    for part in parts:
+        assert part in message
+
+
+def test_unknown_top_level_section_is_named_exactly() -> None:
+    with pytest.raises(ConfigError, match="'optimz'"):
+        config_lib.load("dino_vit_tiny_fmnist", ["optimz.lr=0.1"])
+
+
+@pytest.mark.parametrize(("override", "key"), [("optim.epochz=3", "optim.epochz"), ("model.patch=8", "model.patch")])
+def test_unknown_key_message_spells_the_dotted_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_lib.load("dino_vit_tiny_fmnist", [override])
+    assert key in str(info.value)
+
+
+def test_unknown_key_in_yaml_file_names_the_dotted_key(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  arch: vit_tiny\n  wdith: 3\n")
+    with pytest.raises(ConfigError, match=r"model\.'?wdith"):
+        config_lib.load(path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["optim.epochs=abc"], "optim.epochs"),
+        (["optim.epochs=2.5"], "optim.epochs"),
+        (["optim.epochs=true"], "optim.epochs"),  # a bool is not an int here
+        (["optim.lr=fast"], "optim.lr"),
+        (["model.in_chans=2"], "model.in_chans"),
+        (["data.global_crops_size=30"], "data.global_crops_size"),  # patch size 7 in this recipe
+        (["data.local_crops_size=15"], "data.local_crops_size"),
+        (["data.global_crops_scale=[0.5]"], "data.global_crops_scale"),
+        (["data.global_crops_scale=[0.9, 0.5]"], "data.global_crops_scale"),
+        (["data.global_crops_scale=0.5"], "data.global_crops_scale"),
+        (["model.arch=vit_huge"], "model.arch"),
+        (["model.ffn=gelu"], "model.ffn"),
+        (["data.mean=[0.5, 0.5, 0.5]", "data.std=[0.2, 0.2, 0.2]"], "data.mean/std"),
+        (["data.std=[0.0]"], "data.std"),
+        (["optim.warmup_epochs=5", "optim.epochs=2"], "optim.warmup_epochs"),
+        (["optim.momentum_teacher=1.1"], "optim.momentum_teacher"),
+        (["loss.center_momentum=1.0"], "loss.center_momentum"),
+        (["train.precision=fp8"], "train.precision"),
+        (["train.device=tpu"], "train.device"),
+        (["eval.knn_k=[0, 10]"], "eval.knn_k"),
+    ],
+)
+def test_bad_value_names_the_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_lib.load("dino_vit_tiny_fmnist", overrides)
+    assert key in str(info.value)
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("override", ["optim.epochs", "epochs=3", "=3"])
+def test_malformed_override(override: str) -> None:
+    with pytest.raises(ConfigError, match="override"):
+        config_lib.load("dino_vit_tiny_fmnist", [override])
+
+
+def test_override_into_an_empty_yaml_section(tmp_path) -> None:
+    path = tmp_path / "empty_section.yaml"
+    path.write_text("model:\n  arch: vit_tiny\neval:\n")
+    assert config_lib.load(path).eval.knn_k == (10, 20, 100, 200)  # the empty section itself is fine
+    assert config_lib.load(path, ["eval.knn_k=[5]"]).eval.knn_k == (5,)
+
+
+def test_override_with_too_many_dots_is_an_unknown_key() -> None:
+    with pytest.raises(ConfigError, match="unknown config key"):
+        config_lib.load("dino_vit_tiny_fmnist", ["model.arch.size=3"])
+
+
+def test_invalid_yaml_file(tmp_path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="YAML"):
+        config_lib.load(path)
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        config_lib.load(path)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_save_load_round_trip(name: str, tmp_path) -> None:
+    cfg = config_lib.load(name, ["optim.lr=0.00123", "model.layerscale_init=0.1", "eval.knn_k=[5]"])
+    path = tmp_path / "config.yaml"
+    config_lib.save(cfg, path)
+    text = path.read_text()
+    assert "!!python" not in text  # plain YAML, no tuple tags
+    again = config_lib.load(path)
+    assert again == cfg
+    assert again.to_dict() == cfg.to_dict()
+    assert yaml.safe_load(text) == cfg.to_dict()
+
+
+def test_to_dict_uses_lists_and_covers_every_field() -> None:
+    d = Config().to_dict()
+    assert isinstance(d["data"]["global_crops_scale"], list)
+    assert set(d) == {f.name for f in dataclasses.fields(Config)}
+    assert config_lib.from_dict(d) == config_lib.from_dict(Config().to_dict())
+
+
+def test_defaults_are_valid() -> None:
+    config_lib.validate(Config())
+    assert config_lib.from_dict({}) == Config()
