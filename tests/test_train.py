@@ -277,6 +277,9 @@ def test_resume_after_a_crash_in_the_middle_of_an_epoch(make_config) -> None:
     assert_same_state(a["student"], c["student"])
     assert_same_state(a["teacher"], c["teacher"])
     assert torch.equal(a["dino_loss"]["center"], c["dino_loss"]["center"])
+    # the re-run iterations of epoch 2 replace the crashed run's lines in metrics.jsonl
+    logged = [r["iteration"] for r in read_metrics(cfg_c.train.output_dir)]
+    assert logged == [r["iteration"] for r in read_metrics(cfg_a.train.output_dir)]
 
 
 def test_resuming_a_finished_run_changes_nothing(trained_run: Path, tmp_path: Path) -> None:

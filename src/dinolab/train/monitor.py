@@ -11,8 +11,13 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    """Appends to metrics.jsonl, first dropping lines past `start_iteration` (left by a run that is resumed
+    from an earlier checkpoint), so every iteration appears once."""
+
+    def __init__(self, run_dir: str | Path, start_iteration: int = 0, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
+        kept = [json.dumps(r) + "\n" for r in read_metrics(run_dir) if r["iteration"] <= start_iteration]
+        self.path.write_text("".join(kept))
         self.file = self.path.open("a")
         self.writer = None
         if tensorboard:

@@ -174,7 +174,7 @@ def fit(
     elif isinstance(resume, (str, Path)):
         raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
 
-    metrics = MetricsLog(run_dir)
+    metrics = MetricsLog(run_dir, start_iteration=start_epoch * iters_per_epoch)
     last: dict[str, float] = {}
     total_skipped = 0
     iteration = start_epoch * iters_per_epoch
