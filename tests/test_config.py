@@ -175,6 +175,7 @@ def test_override_into_an_empty_yaml_section(tmp_path) -> None:
     path.write_text("model:\n  arch: vit_tiny\neval:\n")
     assert config_lib.load(path).eval.knn_k == (10, 20, 100, 200)  # the empty section itself is fine
     assert config_lib.load(path, ["eval.knn_k=[5]"]).eval.knn_k == (5,)
+    assert config_lib.load(path, ["eval.knn_k=20"]).eval.knn_k == (20,)  # one k needs no brackets
 
 
 def test_override_with_too_many_dots_is_an_unknown_key() -> None:

@@ -202,6 +202,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(value, inner, key)
     if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis and not isinstance(value, (list, tuple)):
+            value = [value]  # eval.knn_k=20 means (20,)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
