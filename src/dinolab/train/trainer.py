@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from dinolab import config as config_lib
@@ -113,6 +116,87 @@ def make_optimizer(groups: list[dict[str, Any]], cfg: Config, runtime: Runtime) 
     return torch.optim.AdamW(groups, **kwargs)
 
 
+class Trainer:
+    """Student, EMA teacher, DINO loss and optimizer, and one training iteration over them.
+
+    `fit` feeds it batches and schedules; benchmarks call `step` directly on fixed crops.
+    """
+
+    def __init__(self, cfg: Config, runtime: Runtime):
+        self.runtime = runtime
+        self.student, self.teacher = build_student_teacher(cfg)
+        self.student.to(runtime.device).train()
+        self.teacher.to(runtime.device)
+        self.ema = EMATeacher(self.teacher, self.student)
+        self.loss = DINOLoss(cfg.head.out_dim, cfg.loss.student_temp, cfg.loss.center_momentum).to(runtime.device)
+        self.optimizer = make_optimizer(param_groups(self.student), cfg, runtime)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.precision == "fp16")
+        self.last_layer = list(self.student.head.last_layer.parameters())
+        self.trainable = [p for p in self.student.parameters() if p.requires_grad]
+        self.clip_grad = cfg.optim.clip_grad
+
+    def step(
+        self,
+        crops: list[Tensor],
+        lr: float,
+        weight_decay: float,
+        momentum: float,
+        teacher_temp: float,
+        train_last_layer: bool = True,
+        phase: Callable[[str], AbstractContextManager] = record_function,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Teacher on the 2 global crops, student on all, DINO loss, AdamW step, EMA update.
+
+        Each part runs inside `phase(name)`: profiler labels by default; benchmarks pass timers.
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if group["apply_wd"]:
+                group["weight_decay"] = weight_decay
+        crops = [c.to(self.runtime.device, non_blocking=True) for c in crops]
+        with self.runtime.autocast():
+            with torch.no_grad(), phase("teacher_forward"):
+                teacher_out = self.teacher(crops[:2])
+            with phase("student_forward"):
+                student_out = self.student(crops)
+        with phase("loss"):
+            loss, stats = self.loss(student_out, teacher_out, teacher_temp)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"loss is {loss.item()}")
+        with phase("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+        if not train_last_layer:  # DINO keeps the prototypes fixed at first, for stability
+            for p in self.last_layer:
+                p.grad = None
+        with phase("clip"):
+            if self.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                clip_gradients_per_parameter(self.trainable, self.clip_grad)
+        with phase("optimizer"):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        with phase("ema"):
+            self.ema.update(momentum)
+        return loss.detach(), stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "dino_loss": self.loss.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
+        load_state_strict(self.student, state["student"], f"{source} (student)")
+        load_state_strict(self.teacher, state["teacher"], f"{source} (teacher)")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss.load_state_dict(state["dino_loss"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
 def fit(
     cfg: Config, resume: str | Path | bool = True, quiet: bool = False, max_iterations: int | None = None
 ) -> FitResult:
@@ -137,17 +221,7 @@ def fit(
             f"{cfg.optim.batch_size}); lower the batch size or add images"
         )
     augmentation = build_augmentation(cfg.data)
-
-    student, teacher = build_student_teacher(cfg)
-    student.to(runtime.device)
-    teacher.to(runtime.device)
-    ema = EMATeacher(teacher, student)
-    dino_loss = DINOLoss(cfg.head.out_dim, cfg.loss.student_temp, cfg.loss.center_momentum).to(runtime.device)
-    groups = param_groups(student)
-    optimizer = make_optimizer(groups, cfg, runtime)
-    scaler = torch.amp.GradScaler("cuda", enabled=runtime.precision == "fp16")
-    last_layer = list(student.head.last_layer.parameters())
-    trainable = [p for p in student.parameters() if p.requires_grad]
+    trainer = Trainer(cfg, runtime)
 
     o = cfg.optim
     lr_peak = o.lr * o.batch_size / 256
@@ -157,17 +231,13 @@ def fit(
     teacher_temps = teacher_temp_schedule(
         cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp, cfg.loss.warmup_teacher_temp_epochs, o.epochs
     )
-
     freeze_last_layer_iters = round(o.freeze_last_layer_epochs * iters_per_epoch)
+
     start_epoch = 0
     checkpoint_path = Path(resume) if isinstance(resume, (str, Path)) else run_dir / LATEST
     if (resume is not False) and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
-        load_state_strict(student, state["student"], f"checkpoint {checkpoint_path} (student)")
-        load_state_strict(teacher, state["teacher"], f"checkpoint {checkpoint_path} (teacher)")
-        optimizer.load_state_dict(state["optimizer"])
-        dino_loss.load_state_dict(state["dino_loss"])
-        scaler.load_state_dict(state["scaler"])
+        trainer.load_state_dict(state, f"checkpoint {checkpoint_path}")
         set_rng_state(state["rng"])
         start_epoch = int(state["epoch"])
         log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
@@ -181,12 +251,11 @@ def fit(
     stop_at = iteration + max_iterations if max_iterations is not None else None
     log.info(
         "training %s (%.1fM params) on %d images, %d iters/epoch, %s %s",
-        cfg.model.arch, sum(p.numel() for p in student.backbone.parameters()) / 1e6, len(dataset),
+        cfg.model.arch, sum(p.numel() for p in trainer.student.backbone.parameters()) / 1e6, len(dataset),
         iters_per_epoch, runtime.device, runtime.precision,
     )
     try:
         for epoch in range(start_epoch, o.epochs):
-            student.train()
             batches = MultiCropBatches(dataset, augmentation, o.batch_size, cfg.train.seed, epoch)
             loader = multicrop_loader(batches, cfg.data.num_workers)
             progress = tqdm(loader, desc=f"epoch {epoch + 1}/{o.epochs}", disable=quiet, leave=False)
@@ -196,33 +265,17 @@ def fit(
                 if not crops:
                     continue
                 it = epoch * iters_per_epoch + i
-                for group in optimizer.param_groups:
-                    group["lr"] = float(lrs[it])
-                    if group["apply_wd"]:
-                        group["weight_decay"] = float(wds[it])
-                crops = [c.to(runtime.device, non_blocking=True) for c in crops]
-                with runtime.autocast():
-                    with torch.no_grad():
-                        teacher_out = teacher(crops[:2])
-                    student_out = student(crops)
-                loss, stats = dino_loss(student_out, teacher_out, float(teacher_temps[epoch]))
-                if not torch.isfinite(loss):
+                try:
+                    loss, stats = trainer.step(
+                        crops, float(lrs[it]), float(wds[it]), float(momentums[it]), float(teacher_temps[epoch]),
+                        train_last_layer=it >= freeze_last_layer_iters,
+                    )
+                except NonFiniteLossError as err:
                     raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, iteration {it}; the last good checkpoint "
+                        f"{err} at epoch {epoch + 1}, iteration {it}; the last good checkpoint "
                         f"({run_dir / LATEST}) is kept. Try a lower optim.lr, optim.clip_grad > 0, "
                         f"train.precision=fp32, or check the data."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if it < freeze_last_layer_iters:
-                    for p in last_layer:
-                        p.grad = None
-                if o.clip_grad:
-                    scaler.unscale_(optimizer)
-                    clip_gradients_per_parameter(trainable, o.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                ema.update(float(momentums[it]))
+                    ) from None
                 window_images += len(crops[0])
                 iteration = it + 1
 
@@ -256,11 +309,7 @@ def fit(
             done = epoch + 1
             if done % cfg.train.save_every_epochs == 0 or done == o.epochs:
                 state = {
-                    "student": student.state_dict(),
-                    "teacher": teacher.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "dino_loss": dino_loss.state_dict(),
-                    "scaler": scaler.state_dict(),
+                    **trainer.state_dict(),
                     "epoch": done,
                     "iteration": iteration,
                     "rng": rng_state(),
@@ -276,7 +325,7 @@ def fit(
         metrics.close()
     write_report(run_dir, cfg, skipped_images=total_skipped)
     epochs_done = iteration // iters_per_epoch
-    return FitResult(run_dir, epochs_done, last, teacher.backbone)
+    return FitResult(run_dir, epochs_done, last, trainer.teacher.backbone)
 
 
 def teacher_from_checkpoint(path: str | Path) -> tuple[VisionTransformer, Config]:
