@@ -565,7 +565,7 @@ def measure_step(impl: str, precision: str, args: argparse.Namespace) -> dict[st
     """Model step alone: crops made once, reused for every step."""
     crops = ours_crops(args.batch) if impl == "ours" else ref_crops(args.batch)
     step = make_step(impl, precision, args.batch)
-    resolved = step.runtime.precision if impl == "ours" else precision
+    resolved = step.trainer.runtime.precision if impl == "ours" else precision
     log(f"{impl} step, precision {precision} -> {resolved}, batch {args.batch}: {args.warmup} warm-up + "
         f"{args.steps} timed steps")
     for i in range(args.warmup):
@@ -593,7 +593,7 @@ def measure_e2e(impl: str, args: argparse.Namespace) -> dict[str, Any]:
 
         cfg = ours_config(args.batch, args.data)
         step = OursStep(cfg, cfg.train.precision)
-        precision = step.runtime.precision
+        precision = step.trainer.runtime.precision
         dataset = build_dataset(cfg.data, cfg.model.in_chans)
         augmentation = build_augmentation(cfg.data)
         batches = MultiCropBatches(dataset, augmentation, args.batch, cfg.train.seed, epoch=0)
