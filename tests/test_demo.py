@@ -64,3 +64,17 @@ def test_demo_on_a_folder_needs_a_separate_test_folder(train_test_folders: Path,
     with pytest.raises(ValueError, match="test_path"):
         run_demo(cfg, quiet=True)
     assert not (tmp_path / "leak" / "checkpoint.pth").exists()
+
+
+def test_demo_refuses_unlabeled_images_before_training(train_test_folders: Path, tmp_path: Path) -> None:
+    """An image outside any class folder has no label for k-NN: refuse before spending the training time."""
+    import shutil
+
+    train = tmp_path / "train"
+    shutil.copytree(train_test_folders / "train", train)
+    shutil.copy(next((train / "a").iterdir()), train / "loose.png")
+    cfg = tiny_config(train, tmp_path / "unlabeled", optim={"epochs": 1}, data={"dataset": "folder"},
+                      eval={"knn_k": [3], "test_path": str(train_test_folders / "test")})
+    with pytest.raises(ValueError, match="class labels"):
+        run_demo(cfg, quiet=True)
+    assert not (tmp_path / "unlabeled" / "checkpoint.pth").exists()

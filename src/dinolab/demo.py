@@ -10,6 +10,7 @@ import time
 import torch
 
 from dinolab.config import Config
+from dinolab.data.datasets import has_labels
 from dinolab.data.loader import build_eval_dataset
 from dinolab.device import resolve
 from dinolab.eval.features import extract_features, pixel_features
@@ -32,12 +33,15 @@ def knn_table(results: dict[str, dict[int, dict[str, float]]], ks: tuple[int, ..
 def run_demo(cfg: Config, quiet: bool = False) -> dict[str, dict[int, dict[str, float]]]:
     if cfg.data.dataset == "folder" and not cfg.eval.test_path:
         raise ValueError("eval.test_path is empty: the demo needs a labeled test folder besides data.path")
+    train_ds = build_eval_dataset(cfg.data, cfg.model.in_chans, "train", cfg.data.path)
+    test_ds = build_eval_dataset(cfg.data, cfg.model.in_chans, "test", cfg.eval.test_path, classes=train_ds.classes)
+    for name, ds in (("data.path", train_ds), ("eval.test_path", test_ds)):
+        if not has_labels(ds):  # checked before training, not after ten minutes of it
+            raise ValueError(f"the demo's k-NN needs class labels: some images under {name} are not in a class folder")
     start = time.perf_counter()
     result = fit(cfg, quiet=quiet)
     train_seconds = time.perf_counter() - start
     runtime = resolve(cfg.train.device, cfg.train.precision)
-    train_ds = build_eval_dataset(cfg.data, cfg.model.in_chans, "train", cfg.data.path)
-    test_ds = build_eval_dataset(cfg.data, cfg.model.in_chans, "test", cfg.eval.test_path, classes=train_ds.classes)
     ks = tuple(cfg.eval.knn_k)
     d = cfg.data
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from dinolab import config as config_lib
 from dinolab.config import Config
-from dinolab.data.loader import MultiCropBatches, build_augmentation, build_dataset, multicrop_loader
+from dinolab.data.loader import MultiCropBatches, batches_per_epoch, build_augmentation, build_dataset, multicrop_loader
 from dinolab.device import Runtime, resolve
 from dinolab.losses.dino import DINOLoss
 from dinolab.models.heads import DINOHead, MultiCropWrapper
@@ -214,7 +214,7 @@ def fit(
     runtime = resolve(cfg.train.device, cfg.train.precision)
 
     dataset = build_dataset(cfg.data, cfg.model.in_chans)
-    iters_per_epoch = len(dataset) // cfg.optim.batch_size
+    iters_per_epoch = batches_per_epoch(dataset, cfg.optim.batch_size)
     if iters_per_epoch == 0:
         raise ValueError(
             f"the dataset has {len(dataset)} images, fewer than one batch (optim.batch_size="
