@@ -98,7 +98,6 @@ class TrainConfig:
     log_every: int = 20  # iterations between metrics.jsonl lines
     save_every_epochs: int = 1
     keep_last: int = 2  # checkpoints kept besides checkpoint.pth
-    compile: bool = False  # torch.compile the backbones (worth it on GPU; slow to start on CPU)
 
 
 @dataclass
