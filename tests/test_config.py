@@ -60,7 +60,7 @@ def test_overrides_apply_with_type_coercion() -> None:
             "optim.lr=0.002",
             "optim.warmup_epochs=1",  # int in YAML, float field
             "data.global_crops_scale=[0.3, 1]",
-            "train.compile=true",
+            "head.norm_last_layer=false",
             "train.output_dir=123",  # a number where a string is wanted
             "model.layerscale_init=0.1",
             "eval.knn_k=[1, 2]",
@@ -72,7 +72,7 @@ def test_overrides_apply_with_type_coercion() -> None:
     assert cfg.optim.warmup_epochs == 1.0 and type(cfg.optim.warmup_epochs) is float
     assert cfg.data.global_crops_scale == (0.3, 1.0)
     assert all(type(v) is float for v in cfg.data.global_crops_scale)
-    assert cfg.train.compile is True
+    assert cfg.head.norm_last_layer is False
     assert cfg.train.output_dir == "123"
     assert cfg.model.layerscale_init == 0.1
     assert cfg.eval.knn_k == (1, 2)
