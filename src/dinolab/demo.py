@@ -4,7 +4,6 @@ architecture at random init, and raw pixels, written as a table into the run's r
 from __future__ import annotations
 
 import json
-import logging
 import time
 
 import torch
@@ -13,12 +12,10 @@ from dinolab.config import Config
 from dinolab.data.datasets import has_labels
 from dinolab.data.loader import build_eval_dataset
 from dinolab.device import resolve
-from dinolab.eval.features import extract_features, pixel_features
-from dinolab.eval.knn import knn_classify
+from dinolab.eval.features import pixel_features
+from dinolab.eval.knn import knn, knn_classify
 from dinolab.train.report import write_report
 from dinolab.train.trainer import build_backbone, fit
-
-log = logging.getLogger(__name__)
 
 
 def knn_table(results: dict[str, dict[int, dict[str, float]]], ks: tuple[int, ...]) -> str:
@@ -46,9 +43,8 @@ def run_demo(cfg: Config, quiet: bool = False) -> dict[str, dict[int, dict[str, 
     d = cfg.data
 
     def score(model: torch.nn.Module) -> dict[int, dict[str, float]]:
-        train = extract_features(model, train_ds, d.mean, d.std, cfg.eval.batch_size, runtime, quiet=quiet)
-        test = extract_features(model, test_ds, d.mean, d.std, cfg.eval.batch_size, runtime, quiet=quiet)
-        return knn_classify(*train, *test, ks=ks, temperature=cfg.eval.knn_temperature)
+        return knn(model, train_ds, test_ds, ks, cfg.eval.knn_temperature, d.mean, d.std, cfg.eval.batch_size,
+                   runtime, quiet)
 
     torch.manual_seed(cfg.train.seed)
     results = {

@@ -64,7 +64,7 @@ class MultiCropBatches(Dataset):
     ):
         self.dataset, self.augmentation = dataset, augmentation
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        self.batches = order[: len(order) // batch_size * batch_size].view(-1, batch_size)
+        self.batches = order[: batches_per_epoch(dataset, batch_size) * batch_size].view(-1, batch_size)
         self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
 
     def __len__(self) -> int:
