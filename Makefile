@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RECIPE ?= dino_vit_tiny_fmnist
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: install demo test lint bench clean
 
@@ -23,10 +24,18 @@ $(FMNIST):
 		echo "Fashion-MNIST not found at $(dir $(FMNIST)); install Debian's dataset-fashion-mnist" >&2; exit 1; \
 	fi
 
+# The explorer's tests drive Debian's Chromium (Playwright never downloads a browser here).
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "Chromium not found at $(CHROMIUM); install Debian's chromium and chromium-driver" >&2; exit 1; \
+	fi
+
 demo: install $(FMNIST)
 	$(BIN)/dinolab demo $(RECIPE)
 
-test: install
+test: install $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 lint: install
