@@ -250,7 +250,7 @@ def test_multicrop_batches_are_deterministic(fmnist_dir: Path, small_aug: MultiC
     b = MultiCropBatches(ds, small_aug, batch_size=8, seed=3, epoch=1)
     assert len(a) == N_TRAIN // 8 == batches_per_epoch(ds, 8)
     for i in (0, len(a) - 1):
-        (crops_a, labels_a, skipped_a), (crops_b, labels_b, skipped_b) = a[i], b[i]
+        (crops_a, labels_a, skipped_a, _), (crops_b, labels_b, skipped_b, _) = a[i], b[i]
         assert len(crops_a) == 3
         assert [tuple(c.shape) for c in crops_a] == [(8, 1, 28, 28), (8, 1, 28, 28), (8, 1, 14, 14)]
         assert all(torch.equal(x, y) for x, y in zip(crops_a, crops_b, strict=True))
@@ -297,7 +297,7 @@ def test_multicrop_batches_with_unreadable_images(tmp_path: Path, small_aug: Mul
     (root / "a" / "x.jpg").write_bytes(b"garbage")
     ds = ImageFolder(root, size=32, channels=1)
     batches = MultiCropBatches(ds, small_aug, batch_size=4, seed=0, epoch=0)
-    crops, labels, skipped = batches[0]
+    crops, labels, skipped, _ = batches[0]
     assert skipped == 1
     assert len(labels) == 3 and crops[0].shape == (3, 1, 28, 28)
 
@@ -305,7 +305,7 @@ def test_multicrop_batches_with_unreadable_images(tmp_path: Path, small_aug: Mul
     only_bad.mkdir()
     for i in range(2):
         (only_bad / f"{i}.jpg").write_bytes(b"garbage")
-    crops, labels, skipped = MultiCropBatches(ImageFolder(only_bad, size=32, channels=1), small_aug, 2, 0, 0)[0]
+    crops, labels, skipped, _ = MultiCropBatches(ImageFolder(only_bad, size=32, channels=1), small_aug, 2, 0, 0)[0]
     assert crops == [] and skipped == 2
 
 
@@ -314,7 +314,7 @@ def test_multicrop_loader_yields_the_batches_in_order(fmnist_dir: Path, small_au
     batches = MultiCropBatches(ds, small_aug, 8, seed=0, epoch=0)
     loaded = list(multicrop_loader(batches, num_workers=0))
     assert len(loaded) == len(batches)
-    for i, (crops, labels, skipped) in enumerate(loaded):
+    for i, (crops, labels, skipped, _) in enumerate(loaded):
         expected = batches[i]
         assert all(torch.equal(x, y) for x, y in zip(crops, expected[0], strict=True))
         assert torch.equal(labels, expected[1]) and skipped == 0

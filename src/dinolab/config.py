@@ -43,6 +43,9 @@ class HeadConfig:
     bottleneck_dim: int = 256
     nlayers: int = 3
     norm_last_layer: bool = True
+    # iBOT's patch head (used when loss.ibot_weight > 0): its own prototypes, or the [CLS] head's weights
+    patch_out_dim: int = 8192
+    shared: bool = False  # True: one head for [CLS] and patches (iBOT's shared_head); needs patch_out_dim = out_dim
 
 
 @dataclass
@@ -64,12 +67,29 @@ class DataConfig:
 
 
 @dataclass
+class MaskConfig:
+    """Blockwise masking of the student's global crops for iBOT's masked-image-modeling loss."""
+
+    enabled: bool = False
+    ratio: tuple[float, float] = (0.1, 0.5)  # fraction of patches masked, drawn per masked image
+    probability: float = 0.5  # fraction of global crops that get a mask
+    aspect: tuple[float, float] = (0.3, 1 / 0.3)  # block aspect-ratio range
+
+
+@dataclass
 class LossConfig:
     student_temp: float = 0.1
     teacher_temp: float = 0.04  # final teacher temperature (the paper: 0.04, up to 0.07)
     warmup_teacher_temp: float = 0.04
     warmup_teacher_temp_epochs: int = 0
     center_momentum: float = 0.9
+    centering: str = "ema"  # ema (DINO/iBOT) | sinkhorn (DINOv2's Sinkhorn-Knopp), for both losses
+    sinkhorn_iterations: int = 3
+    dino_weight: float = 1.0
+    ibot_weight: float = 0.0  # > 0 turns on iBOT's masked-image-modeling loss (needs mask.enabled)
+    ibot_teacher_temp: float = 0.07  # iBOT's own teacher temperature schedule for patch targets
+    ibot_warmup_teacher_temp: float = 0.04
+    koleo_weight: float = 0.0  # DINOv2: 0.1
 
 
 @dataclass
@@ -86,6 +106,9 @@ class OptimConfig:
     momentum_teacher: float = 0.996
     momentum_teacher_end: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
+    lr_scaling: str = "linear"  # linear: lr * batch/256 (DINO, iBOT) | sqrt: lr * sqrt(batch/1024) (DINOv2)
+    layer_decay: float = 1.0  # layer-wise lr decay: block i of n gets lr * decay**(n - i) (DINOv2: 0.9)
+    patch_embed_lr_mult: float = 1.0  # extra lr factor for the patch embedding (DINOv2: 0.2)
 
 
 @dataclass
@@ -106,6 +129,16 @@ class EvalConfig:
     knn_temperature: float = 0.07
     batch_size: int = 256
     test_path: str = ""  # labeled data for k-NN after training (fmnist: "" = Debian test split)
+    knn_every: int = 0  # iterations between k-NN checks during training (logged as knn_top1); 0 = off
+    knn_monitor_train: int = 10000  # the check uses the first images of the train / test splits
+    knn_monitor_test: int = 2000
+
+
+@dataclass
+class DistillConfig:
+    """DINOv2 distillation: a frozen, trained teacher supervises this (smaller) student."""
+
+    teacher_checkpoint: str = ""  # dinolab checkpoint of the teacher; "" = self-distillation (EMA teacher)
 
 
 @dataclass
@@ -113,10 +146,12 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -271,10 +306,67 @@ def validate(cfg: Config) -> None:
         (cfg.train.keep_last >= 1, "train.keep_last", "must be >= 1"),
         (all(k >= 1 for k in cfg.eval.knn_k), "eval.knn_k", "every k must be >= 1"),
         (cfg.eval.knn_temperature > 0, "eval.knn_temperature", "must be positive"),
+        (cfg.eval.knn_every >= 0, "eval.knn_every", "must be >= 0 (0 = off)"),
+        (cfg.eval.knn_monitor_train >= 20 and cfg.eval.knn_monitor_test >= 1, "eval.knn_monitor_train/test",
+         "need >= 20 train and >= 1 test images"),
     ]
+    checks += _recipe_checks(cfg)
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{key}: {why}")
+
+
+# Sinkhorn-Knopp gives every prototype an equal share of a batch; with fewer than K/64 teacher
+# outputs per step each target must spread over > 64 prototypes and the teacher cannot sharpen.
+SINKHORN_MAX_PROTOTYPES_PER_SAMPLE = 64
+
+
+def _recipe_checks(cfg: Config) -> list[tuple[bool, str, str]]:
+    """iBOT / DINOv2 options: masking, the patch loss, Sinkhorn-Knopp, KoLeo, lr decay."""
+    m, loss, o = cfg.mask, cfg.loss, cfg.optim
+    grid = cfg.data.global_crops_size // cfg.model.patch_size
+    n_patches = grid * grid
+    teacher_samples = 2 * o.batch_size
+    distilling = bool(cfg.distill.teacher_checkpoint)
+    # patch targets per step: the masked patches, or (distillation without masks) every global-crop patch
+    masked_patches = teacher_samples * n_patches * (m.probability * m.ratio[0] if m.enabled else 1)
+    sinkhorn = loss.centering == "sinkhorn"
+    return [
+        (0 <= m.ratio[0] <= m.ratio[1] < 1, "mask.ratio", f"{m.ratio} must satisfy 0 <= min <= max < 1"),
+        (0 <= m.probability <= 1, "mask.probability", "must be in [0, 1]"),
+        (0 < m.aspect[0] <= m.aspect[1], "mask.aspect", "must satisfy 0 < min <= max"),
+        (not m.enabled or int(m.ratio[1] * n_patches) >= 1, "mask.ratio",
+         f"max {m.ratio[1]} of the {n_patches} patches of a global crop masks no patch at all; raise it"),
+        (not m.enabled or grid >= 2, "mask", f"a {grid}x{grid} patch grid is too small for block masks"),
+        (loss.ibot_weight >= 0 and loss.dino_weight >= 0 and loss.koleo_weight >= 0, "loss weights",
+         "must be >= 0"),
+        (loss.ibot_weight == 0 or m.enabled or distilling, "loss.ibot_weight",
+         "the iBOT loss needs masked patches: set mask.enabled=true (only distillation may go without)"),
+        (not m.enabled or loss.ibot_weight > 0, "mask.enabled",
+         "masking without the iBOT loss only corrupts the student's input: set loss.ibot_weight > 0"),
+        (loss.ibot_teacher_temp > 0 and loss.ibot_warmup_teacher_temp > 0, "loss.ibot_teacher_temp",
+         "must be positive"),
+        (not cfg.head.shared or cfg.head.patch_out_dim == cfg.head.out_dim, "head.patch_out_dim",
+         f"a shared head has one set of prototypes: set it to head.out_dim={cfg.head.out_dim}"),
+        (cfg.head.patch_out_dim > 0, "head.patch_out_dim", "must be > 0"),
+        (loss.centering in ("ema", "sinkhorn"), "loss.centering", "must be ema or sinkhorn"),
+        (loss.sinkhorn_iterations >= 1, "loss.sinkhorn_iterations", "must be >= 1"),
+        (not sinkhorn or cfg.head.out_dim <= SINKHORN_MAX_PROTOTYPES_PER_SAMPLE * teacher_samples,
+         "loss.centering",
+         f"Sinkhorn-Knopp cannot balance head.out_dim={cfg.head.out_dim} prototypes over {teacher_samples} "
+         f"teacher outputs per step (batch {o.batch_size} x 2 global crops): raise optim.batch_size to "
+         f">= {-(-cfg.head.out_dim // (2 * SINKHORN_MAX_PROTOTYPES_PER_SAMPLE))}, lower head.out_dim, "
+         "or use loss.centering=ema"),
+        (not (sinkhorn and loss.ibot_weight > 0)
+         or cfg.head.patch_out_dim <= SINKHORN_MAX_PROTOTYPES_PER_SAMPLE * masked_patches,
+         "loss.centering",
+         f"Sinkhorn-Knopp cannot balance head.patch_out_dim={cfg.head.patch_out_dim} prototypes over as few "
+         f"as {masked_patches:.0f} masked patches per step: raise optim.batch_size or mask.ratio, lower "
+         "head.patch_out_dim, or use loss.centering=ema"),
+        (o.lr_scaling in ("linear", "sqrt"), "optim.lr_scaling", "must be linear or sqrt"),
+        (0 < o.layer_decay <= 1, "optim.layer_decay", "must be in (0, 1]"),
+        (o.patch_embed_lr_mult > 0, "optim.patch_embed_lr_mult", "must be positive"),
+    ]
 
 
 def _scale_ok(scale: tuple[float, float]) -> bool:

@@ -1,5 +1,6 @@
-"""The demo: pretrain on Fashion-MNIST, then weighted k-NN for the trained model, the same
-architecture at random init, and raw pixels, written as a table into the run's report."""
+"""The demo: pretrain on Fashion-MNIST with any recipe (DINO, iBOT, DINOv2, distillation), then weighted
+k-NN for the trained model, the same architecture at random init, and raw pixels, written as a table
+into the run's report."""
 
 from __future__ import annotations
 
@@ -27,6 +28,15 @@ def knn_table(results: dict[str, dict[int, dict[str, float]]], ks: tuple[int, ..
     return "\n".join(rows)
 
 
+def method_name(cfg: Config) -> str:
+    """The paper a config's recipe follows, for tables."""
+    if cfg.distill.teacher_checkpoint:
+        return "DINOv2 distillation"
+    if cfg.loss.koleo_weight > 0 or cfg.loss.centering == "sinkhorn":
+        return "DINOv2"
+    return "iBOT" if cfg.loss.ibot_weight > 0 else "DINO"
+
+
 def run_demo(cfg: Config, quiet: bool = False) -> dict[str, dict[int, dict[str, float]]]:
     if cfg.data.dataset == "folder" and not cfg.eval.test_path:
         raise ValueError("eval.test_path is empty: the demo needs a labeled test folder besides data.path")
@@ -48,7 +58,8 @@ def run_demo(cfg: Config, quiet: bool = False) -> dict[str, dict[int, dict[str, 
 
     torch.manual_seed(cfg.train.seed)
     results = {
-        f"DINO {cfg.model.arch}/{cfg.model.patch_size}, {result.epochs_done} epochs (teacher)": score(result.teacher),
+        f"{method_name(cfg)} {cfg.model.arch}/{cfg.model.patch_size}, {result.epochs_done} epochs (EMA teacher)":
+            score(result.teacher),
         "same architecture, random init": score(build_backbone(cfg, drop_path_rate=0.0)),
         "raw pixels": knn_classify(
             *pixel_features(train_ds, d.mean, d.std), *pixel_features(test_ds, d.mean, d.std), ks=ks,

@@ -8,13 +8,15 @@ resume regardless of the number of workers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from dinolab.config import DataConfig
+from dinolab.config import DataConfig, MaskConfig
 from dinolab.data.datasets import FashionMNIST, ImageFolder, collate_images
+from dinolab.data.masking import BlockMasking
 from dinolab.data.transforms import MultiCropAugmentation, dino_crop_specs
 
 
@@ -50,8 +52,22 @@ def build_augmentation(cfg: DataConfig) -> MultiCropAugmentation:
     return MultiCropAugmentation(specs, cfg.mean, cfg.std, color_jitter=cfg.color_jitter, blur_sigma=cfg.blur_sigma)
 
 
+def build_masking(cfg: MaskConfig, global_crops_size: int, patch_size: int) -> BlockMasking | None:
+    """iBOT's blockwise masks for the global crops, or None when masked-image modeling is off."""
+    if not cfg.enabled:
+        return None
+    return BlockMasking(global_crops_size // patch_size, cfg.ratio, cfg.probability, cfg.aspect)
+
+
+class Batch(NamedTuple):
+    crops: list[Tensor]  # global crops first, each (B, C, H, W)
+    labels: Tensor
+    skipped: int  # unreadable images left out of this batch
+    masks: Tensor | None  # (2B, patches) bool for the two global crops (view-major), if masking is on
+
+
 class MultiCropBatches(Dataset):
-    """Item i = the crops of batch i of one epoch: (list of crop tensors, labels, n skipped)."""
+    """Item i = batch i of one epoch, augmented (and masked) in the loader worker: a `Batch`."""
 
     def __init__(
         self,
@@ -61,8 +77,9 @@ class MultiCropBatches(Dataset):
         seed: int,
         epoch: int,
         start_batch: int = 0,
+        masking: BlockMasking | None = None,
     ):
-        self.dataset, self.augmentation = dataset, augmentation
+        self.dataset, self.augmentation, self.masking = dataset, augmentation, masking
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         self.batches = order[: batches_per_epoch(dataset, batch_size) * batch_size].view(-1, batch_size)
         self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
@@ -70,13 +87,15 @@ class MultiCropBatches(Dataset):
     def __len__(self) -> int:
         return len(self.batches) - self.start_batch
 
-    def __getitem__(self, i: int) -> tuple[list[Tensor], Tensor, int]:
+    def __getitem__(self, i: int) -> Batch:
         index = self.start_batch + i
         images, labels, skipped = collate_images([self.dataset[int(j)] for j in self.batches[index]])
         if len(images) == 0:
-            return [], labels, skipped
+            return Batch([], labels, skipped, None)
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF)
-        return self.augmentation(images, g), labels, skipped
+        crops = self.augmentation(images, g)
+        masks = self.masking(2 * len(images), g) if self.masking is not None else None
+        return Batch(crops, labels, skipped, masks)
 
 
 def batches_per_epoch(dataset: Dataset, batch_size: int) -> int:

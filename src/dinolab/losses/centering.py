@@ -1,4 +1,5 @@
-"""Turning teacher logits into targets: centering (EMA of the batch mean) and sharpening."""
+"""Turning teacher logits into targets: centering (EMA of the batch mean) and sharpening, or
+DINOv2's Sinkhorn-Knopp normalization, which balances the prototypes over the batch instead."""
 
 from __future__ import annotations
 
@@ -17,7 +18,52 @@ def update_center(center: Tensor, teacher_logits: Tensor, momentum: float) -> No
     """center <- m * center + (1 - m) * mean of the teacher logits over the (global) batch."""
     batch_sum = teacher_logits.sum(dim=0, keepdim=True)
     count = torch.tensor(float(len(teacher_logits)), device=teacher_logits.device)
-    if dist.is_available() and dist.is_initialized():
+    if _distributed():
         dist.all_reduce(batch_sum)
         dist.all_reduce(count)
     center.mul_(momentum).add_(batch_sum / count, alpha=1 - momentum)
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: Tensor, temperature: float, iterations: int = 3) -> Tensor:
+    """Targets (B, K) whose rows sum to 1 and whose columns are pushed towards equal mass B/K.
+
+    Alternates normalizing prototypes (columns) and samples (rows) of exp(logits / T), as DINOv2
+    does, over the global batch; the last step normalizes rows, so each row is a distribution.
+    """
+    q = torch.exp(teacher_logits.float() / temperature).t()  # (K, B)
+    n_samples = torch.tensor(float(q.shape[1]), device=q.device)
+    total = q.sum()
+    if _distributed():
+        dist.all_reduce(n_samples)
+        dist.all_reduce(total)
+    q /= total
+    n_prototypes = q.shape[0]
+    for _ in range(iterations):
+        row_sums = q.sum(dim=1, keepdim=True)
+        if _distributed():
+            dist.all_reduce(row_sums)
+        q /= row_sums * n_prototypes
+        q /= q.sum(dim=0, keepdim=True) * n_samples
+    return (q * n_samples).t()
+
+
+def teacher_targets(
+    teacher_logits: Tensor, center: Tensor, temperature: float, centering: str, momentum: float, iterations: int
+) -> Tensor:
+    """Target distributions for one loss, by its centering method; EMA centering also updates `center`."""
+    teacher_logits = teacher_logits.float().detach()
+    if centering == "sinkhorn":
+        return sinkhorn_knopp(teacher_logits, temperature, iterations)
+    targets = centered_softmax(teacher_logits, center, temperature)
+    update_center(center, teacher_logits, momentum)
+    return targets
+
+
+def entropy(probs: Tensor) -> Tensor:
+    """Mean entropy (nats) of a batch of distributions: the collapse monitor's signal."""
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1).mean()
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()

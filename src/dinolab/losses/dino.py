@@ -7,14 +7,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinolab.losses.centering import centered_softmax, update_center
+from dinolab.losses.centering import entropy, teacher_targets
 
 
 class DINOLoss(nn.Module):
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: str = "ema",
+        sinkhorn_iterations: int = 3,
+    ):
         super().__init__()
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(
@@ -28,14 +37,13 @@ class DINOLoss(nn.Module):
         """
         n_crops = len(student_logits) // (len(teacher_logits) // n_global)
         log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1).chunk(n_crops)
-        teacher_logits = teacher_logits.float().detach()
-        q = centered_softmax(teacher_logits, self.center, teacher_temp).chunk(n_global)
+        q_all = teacher_targets(
+            teacher_logits, self.center, teacher_temp, self.centering, self.center_momentum, self.sinkhorn_iterations
+        )
+        q = q_all.chunk(n_global)
         log_p_sum = torch.stack(log_p).sum(0)
         total = sum(-(q[i] * (log_p_sum - log_p[i])).sum(-1).mean() for i in range(n_global))
         loss = total / (n_global * (n_crops - 1))
         with torch.no_grad():
-            q_all = torch.cat(q)
-            entropy = -(q_all * torch.log(q_all.clamp_min(1e-30))).sum(-1).mean()
-        update_center(self.center, teacher_logits, self.center_momentum)
-        stats = {"teacher_entropy": entropy, "kl": loss.detach() - entropy}
-        return loss, stats
+            h = entropy(q_all)
+        return loss, {"teacher_entropy": h, "kl": loss.detach() - h}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,20 +58,46 @@ class DINOHead(nn.Module):
         return self.last_layer(F.normalize(self.mlp(x), dim=-1))
 
 
-class MultiCropWrapper(nn.Module):
-    """Backbone + head over a list of crops: crops of one resolution go through the backbone together."""
+@dataclass
+class CropOutputs:
+    cls_tokens: Tensor  # (n_crops*B, D) the backbone's normalized [CLS] tokens (KoLeo uses them)
+    cls_logits: Tensor  # (n_crops*B, K) the [CLS] head's output, crops stacked view by view
+    patch_logits: Tensor | None  # (M, K_patch) the patch head's output for the M masked patches, if asked
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+
+class MultiCropWrapper(nn.Module):
+    """Backbone + [CLS] head (+ iBOT patch head) over a list of crops; crops of one resolution go
+    through the backbone together. The first resolution group is the global crops, which masks refer to."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, patch_head: nn.Module | None = None, shared_head=False):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.patch_head = patch_head
+        self.shared_head = shared_head
 
     def forward(self, crops: list[Tensor]) -> Tensor:
-        features, start = [], 0
+        """[CLS] logits of every crop (the DINO setting)."""
+        return self.forward_crops(crops).cls_logits
+
+    def forward_crops(self, crops: list[Tensor], masks: Tensor | None = None, mask_input: bool = True) -> CropOutputs:
+        """masks: (n_global*B, patches) bool for the global crops. The student sees them masked
+        (`mask_input=True`); the teacher sees the crops whole and reports its logits at the same patches."""
+        groups, start = [], 0
         while start < len(crops):
             end = start + 1
             while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
                 end += 1
-            features.append(self.backbone(torch.cat(crops[start:end])))
+            groups.append(torch.cat(crops[start:end]))
             start = end
-        return self.head(torch.cat(features))
+        cls_tokens, patch_logits = [], None
+        for i, x in enumerate(groups):
+            if i == 0 and masks is not None:
+                out = self.backbone.forward_features(x, masks if mask_input else None)
+                patch_head = self.head if self.shared_head else self.patch_head
+                patch_logits = patch_head(out["x_norm_patchtokens"][masks])
+                cls_tokens.append(out["x_norm_clstoken"])
+            else:
+                cls_tokens.append(self.backbone(x))
+        cls = torch.cat(cls_tokens)
+        return CropOutputs(cls, self.head(cls), patch_logits)
