@@ -338,6 +338,8 @@ def _recipe_checks(cfg: Config) -> list[tuple[bool, str, str]]:
         (not m.enabled or int(m.ratio[1] * n_patches) >= 1, "mask.ratio",
          f"max {m.ratio[1]} of the {n_patches} patches of a global crop masks no patch at all; raise it"),
         (not m.enabled or grid >= 2, "mask", f"a {grid}x{grid} patch grid is too small for block masks"),
+        (not m.enabled or round(m.probability * teacher_samples) >= 1, "mask.probability",
+         f"masks no image of the {teacher_samples} global crops per step (batch {o.batch_size} x 2); raise it"),
         (loss.ibot_weight >= 0 and loss.dino_weight >= 0 and loss.koleo_weight >= 0, "loss weights",
          "must be >= 0"),
         (loss.ibot_weight == 0 or m.enabled or distilling, "loss.ibot_weight",

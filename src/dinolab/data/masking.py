@@ -41,7 +41,7 @@ class BlockMasking:
         bounds = torch.linspace(self.ratio[0], self.ratio[1], n_masked + 1).tolist()
         for i in range(n_masked):
             ratio = bounds[i] + (bounds[i + 1] - bounds[i]) * _uniform(generator)
-            masks[i] = self.block_mask(int(ratio * n), generator).flatten()
+            masks[i] = self.block_mask(max(1, int(ratio * n)), generator).flatten()  # a chosen image gets >= 1
         return masks[torch.randperm(batch_size, generator=generator)]
 
     def block_mask(self, target: int, generator: torch.Generator) -> Tensor:

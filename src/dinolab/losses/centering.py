@@ -31,7 +31,11 @@ def sinkhorn_knopp(teacher_logits: Tensor, temperature: float, iterations: int =
     Alternates normalizing prototypes (columns) and samples (rows) of exp(logits / T), as DINOv2
     does, over the global batch; the last step normalizes rows, so each row is a distribution.
     """
-    q = torch.exp(teacher_logits.float() / temperature).t()  # (K, B)
+    logits = teacher_logits.float()
+    top = logits.max()  # a shift common to all ranks cancels out and keeps exp() finite
+    if _distributed():
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    q = torch.exp((logits - top) / temperature).t()  # (K, B)
     n_samples = torch.tensor(float(q.shape[1]), device=q.device)
     total = q.sum()
     if _distributed():

@@ -83,10 +83,11 @@ class MultiCropWrapper(nn.Module):
     def forward_crops(self, crops: list[Tensor], masks: Tensor | None = None, mask_input: bool = True) -> CropOutputs:
         """masks: (n_global*B, patches) bool for the global crops. The student sees them masked
         (`mask_input=True`); the teacher sees the crops whole and reports its logits at the same patches."""
+        n_global = 2 if masks is not None else len(crops)  # masks cover the global crops' group only
         groups, start = [], 0
         while start < len(crops):
             end = start + 1
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+            while end < len(crops) and end != n_global and crops[end].shape[-2:] == crops[start].shape[-2:]:
                 end += 1
             groups.append(torch.cat(crops[start:end]))
             start = end

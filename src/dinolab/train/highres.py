@@ -1,7 +1,7 @@
 """DINOv2's high-resolution phase: continue training a checkpoint at a larger global crop size.
 
-The learned position embeddings (and Adam's moments for them) are resized once, bicubically, from
-the checkpoint's patch grid to the model's; every other tensor is restored as it was saved.
+The learned position embeddings (and Adam's moments for them) are resized once from the checkpoint's
+patch grid to the model's, the way the model interpolates; every other tensor is restored as saved.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dinolab.models.heads import MultiCropWrapper
@@ -19,16 +18,6 @@ from dinolab.models.heads import MultiCropWrapper
 log = logging.getLogger(__name__)
 
 POS_EMBED = "backbone.pos_embed"
-
-
-def resize_grid(pos_embed: Tensor, num_patches: int) -> Tensor:
-    """(1, 1 + n, D) [CLS] + square-grid embeddings -> (1, 1 + num_patches, D), bicubic on the grid."""
-    old_side, new_side = math.isqrt(pos_embed.shape[1] - 1), math.isqrt(num_patches)
-    cls_pos, grid = pos_embed[:, :1], pos_embed[:, 1:]
-    grid = grid.reshape(1, old_side, old_side, -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, -1).to(pos_embed.dtype)
-    return torch.cat((cls_pos, grid), dim=1)
 
 
 def resize_position_embeddings(
@@ -41,17 +30,22 @@ def resize_position_embeddings(
     if saved is None or saved.shape == target.shape or saved.shape[-1] != target.shape[-1]:
         return False  # same grid, or a different model: load_state_strict reports the latter
     num_patches = target.shape[1] - 1
+    side = math.isqrt(num_patches)
+
+    def resize_grid(pos_embed: Tensor) -> Tensor:
+        return student.backbone.resample_pos_embed(pos_embed, side, side)
+
     for model_key in ("student", "teacher"):
-        state[model_key][POS_EMBED] = resize_grid(state[model_key][POS_EMBED], num_patches)
+        state[model_key][POS_EMBED] = resize_grid(state[model_key][POS_EMBED])
     params = [p for group in optimizer.param_groups for p in group["params"]]
     index = next(i for i, p in enumerate(params) if p is target)
     moments = state["optimizer"]["state"].get(index, {})
     if "exp_avg" in moments:
-        moments["exp_avg"] = resize_grid(moments["exp_avg"], num_patches)
-        moments["exp_avg_sq"] = resize_grid(moments["exp_avg_sq"], num_patches).clamp_min(0)
-    old_side, new_side = math.isqrt(saved.shape[1] - 1), math.isqrt(num_patches)
+        moments["exp_avg"] = resize_grid(moments["exp_avg"])
+        moments["exp_avg_sq"] = resize_grid(moments["exp_avg_sq"]).clamp_min(0)
+    old_side = math.isqrt(saved.shape[1] - 1)
     log.info(
         "%s: position embeddings resized from a %dx%d to a %dx%d patch grid (high-resolution phase)",
-        source, old_side, old_side, new_side, new_side,
+        source, old_side, old_side, side, side,
     )
     return True
