@@ -581,3 +581,18 @@ def test_collapse_monitor_warns_for_cls_and_patch_targets(
         for message, (which, what) in zip(messages, expected, strict=True):
             assert which in message and what in message
             assert "remedies" in message.lower()
+
+
+def test_knn_monitor_logs_top1_every_knn_every_iterations(make_config) -> None:
+    """eval.knn_every adds a metrics line with knn_top1 at multiples of it (and at the epoch's end), even
+    when they fall between the log_every lines; the run's weights are the same as without the monitor."""
+    cfg = make_config("knn", optim={"epochs": 1}, train={"log_every": 100},
+                      eval={"knn_every": 2, "knn_monitor_train": 20, "knn_monitor_test": 8})
+    plain = make_config("plain", optim={"epochs": 1}, train={"log_every": 100})
+    with_knn, without = fit(cfg, quiet=True), fit(plain, quiet=True)
+    records = read_metrics(cfg.train.output_dir)
+    iters = N_TRAIN // cfg.optim.batch_size
+    assert [r["iteration"] for r in records if "knn_top1" in r] == sorted({*range(2, iters + 1, 2), iters})
+    assert all(0.0 <= r["knn_top1"] <= 100.0 for r in records if "knn_top1" in r)
+    for a, b in zip(with_knn.teacher.state_dict().values(), without.teacher.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the monitor uses no randomness and does not touch the models

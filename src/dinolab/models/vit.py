@@ -2,6 +2,15 @@
 
 Tokens are [CLS], then optional register tokens, then patches. Learned position embeddings
 cover [CLS] + the patch grid of `img_size` and are bicubically interpolated for other sizes.
+
+How they are interpolated differs between the reference implementations, and the outputs differ
+with it, so it is a constructor option (`interpolate_offset`, `interpolate_antialias`, DINOv2's names):
+
+- offset 0 (default), no antialias: resize to the target grid size; HF transformers' `Dinov2Model`.
+- offset 0, antialias: the same with an antialiasing filter; DINOv2 with registers, HF
+  `Dinov2WithRegistersModel`, timm.
+- offset 0.1, no antialias: resize by the scale factor (grid + 0.1) / side; DINO, iBOT and
+  DINOv2 without registers.
 """
 
 from __future__ import annotations
@@ -31,9 +40,13 @@ class VisionTransformer(nn.Module):
         layerscale_init: float | None = None,
         ffn: str = "mlp",
         num_register_tokens: int = 0,
+        interpolate_offset: float = 0.0,
+        interpolate_antialias: bool = False,
     ):
         super().__init__()
         self.patch_size = patch_size
+        self.interpolate_offset = interpolate_offset
+        self.interpolate_antialias = interpolate_antialias
         self.in_chans = in_chans
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -65,16 +78,31 @@ class VisionTransformer(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def interpolate_pos_encoding(self, h: int, w: int) -> Tensor:
-        """Position embedding for an h x w input: the learned grid, bicubically resized if needed."""
+        """Position embedding for an h x w input: the learned grid, bicubically resized if needed.
+
+        While exporting (ONNX, torch.export) the resize is always in the graph, so that one graph
+        serves every input size; resizing to the learned grid's own size is the identity.
+        """
         num_patches = self.pos_embed.shape[1] - 1
         gh, gw = h // self.patch_size, w // self.patch_size
-        if gh * gw == num_patches and gh == gw:
+        if not torch.compiler.is_exporting() and gh * gw == num_patches and gh == gw:
             return self.pos_embed
-        side = int(math.sqrt(num_patches))
-        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        return self.resample_pos_embed(self.pos_embed, gh, gw)
+
+    def resample_pos_embed(self, pos_embed: Tensor, gh: int, gw: int) -> Tensor:
+        """(1, 1 + side², D) [CLS] + square-grid embeddings resized to a gh x gw grid, the way this model
+        interpolates (also used once, on saved weights, by the high-resolution training phase)."""
+        side = int(math.sqrt(pos_embed.shape[1] - 1))
+        cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
         patch_pos = patch_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        patch_pos = F.interpolate(patch_pos.float(), size=(gh, gw), mode="bicubic", align_corners=False)
-        patch_pos = patch_pos.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
+        if self.interpolate_offset:
+            patch_pos = bicubic_resize_with_offset(patch_pos.float(), (gh, gw), self.interpolate_offset)
+        else:
+            patch_pos = F.interpolate(
+                patch_pos.float(), size=(gh, gw), mode="bicubic", align_corners=False,
+                antialias=self.interpolate_antialias,
+            )
+        patch_pos = patch_pos.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
         return torch.cat((cls_pos, patch_pos), dim=1)
 
     def prepare_tokens(self, x: Tensor, masks: Tensor | None = None) -> Tensor:
@@ -144,6 +172,41 @@ class VisionTransformer(nn.Module):
         for blk in self.blocks[:-1]:
             x = blk(x)
         return self.blocks[-1].forward_with_attention(x)[1]
+
+
+def _bicubic_weights(out_size: int, in_size: int, scale: Tensor) -> Tensor:
+    """(out_size, in_size) matrix of PyTorch's bicubic resampling (A = -0.75, half-pixel centers, edge
+    clamping) where output pixel i samples input coordinate (i + 0.5) / scale - 0.5."""
+    device = scale.device
+    src = (torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) / scale - 0.5
+    left = src.floor()
+    t = (src - left).unsqueeze(1)
+    a = -0.75
+    dist = torch.cat((t + 1, t, 1 - t, 2 - t), dim=1)  # distance to the 4 taps at left-1 .. left+2
+    near = ((a + 2) * dist - (a + 3)) * dist * dist + 1
+    far = ((a * dist - 5 * a) * dist + 8 * a) * dist - 4 * a
+    taps_weight = torch.where(dist <= 1, near, far)
+    taps = (left.long().unsqueeze(1) + torch.arange(-1, 3, device=device)).clamp(0, in_size - 1)
+    one_hot = (taps.unsqueeze(-1) == torch.arange(in_size, device=device)).to(torch.float32)
+    return (taps_weight.unsqueeze(-1) * one_hot).sum(1)
+
+
+def bicubic_resize_with_offset(x: Tensor, size: tuple[int, int], offset: float) -> Tensor:
+    """Bicubic resize of (B, C, H, W) to `size` the way DINO, iBOT and DINOv2 resize position embeddings:
+    `F.interpolate(x, scale_factor=((h + offset) / H, (w + offset) / W), mode="bicubic")`, and `x` itself
+    when `size` is its own size.
+
+    Written as two small matrix products with the scales computed from tensors, so that an exported graph
+    (ONNX) computes it for any input size: exporters turn `F.interpolate` into a resize by output size,
+    which maps coordinates differently, and would bake the scale factors of the example input in.
+    """
+    h_in, w_in = x.shape[-2:]
+    rows = torch.ones(size[0], device=x.device).sum()  # the output size as a tensor, computed in the graph
+    cols = torch.ones(size[1], device=x.device).sum()
+    native = (rows == h_in) & (cols == w_in)
+    scale_rows = torch.where(native, 1.0, (rows + offset) / h_in)
+    scale_cols = torch.where(native, 1.0, (cols + offset) / w_in)
+    return _bicubic_weights(size[0], h_in, scale_rows) @ x @ _bicubic_weights(size[1], w_in, scale_cols).T
 
 
 ARCH_SIZES = {

@@ -426,7 +426,8 @@ def fit(
                 window_images += len(crops[0])
                 iteration = it + 1
 
-                if iteration % cfg.train.log_every == 0 or i == len(loader) - 1:
+                check_knn = knn_monitor is not None and (iteration % cfg.eval.knn_every == 0 or i == len(loader) - 1)
+                if iteration % cfg.train.log_every == 0 or i == len(loader) - 1 or check_knn:
                     elapsed = time.perf_counter() - window_start
                     last = {
                         "iteration": iteration,
@@ -440,7 +441,7 @@ def fit(
                         **{k: v.item() for k, v in stats.items()},
                         "img_per_s": window_images / max(elapsed, 1e-9),
                     }
-                    if knn_monitor is not None and (iteration % cfg.eval.knn_every == 0 or i == len(loader) - 1):
+                    if check_knn:
                         last["knn_top1"] = knn_monitor(trainer.teacher.backbone)
                     metrics.write(last)
                     progress.set_postfix(loss=f"{last['loss']:.3f}", H=f"{last['teacher_entropy']:.2f}")
