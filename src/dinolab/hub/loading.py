@@ -1,0 +1,262 @@
+"""Load backbone weights from any file the DINO family ships, and save them in the official layouts.
+
+Files are untrusted input: `.pth`/`.pt` files are unpickled with `weights_only=True` (tensors and plain
+containers only, plus `argparse.Namespace`, the `args` entry of DINO's and iBOT's full training
+checkpoints); `.safetensors` files hold no code at all. Every load is strict: a key the model lacks,
+a key the file lacks or a shape that differs is an error that names them, never a partial load.
+The one exception is `mask_token`, which only masked-image training uses and which DINO's and
+iBOT's teacher checkpoints do not have: it is then left at its initial value and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from dinolab.hub.convert import from_dinolab, to_dinolab
+from dinolab.hub.specs import build
+from dinolab.models.vit import VisionTransformer
+from dinolab.train.checkpoint import LATEST, CheckpointError, atomic_save, load_checkpoint, load_state_strict
+
+log = logging.getLogger(__name__)
+
+# Entries that hold the backbone inside a training checkpoint, in the order they are looked for: the EMA
+# teacher is the model DINO, iBOT and DINOv2 evaluate.
+CONTAINER_KEYS = ("teacher", "model", "state_dict", "model_state_dict")
+OPTIONAL_KEYS = ("mask_token",)
+ARCH_METADATA_KEY = "dinolab_vit"  # safetensors metadata: the VisionTransformer arguments, as JSON
+# (layout, has registers) -> how the implementation that wrote it interpolates position embeddings
+INTERPOLATION = {
+    ("dinov2", False): dict(interpolate_offset=0.1, interpolate_antialias=False),  # DINO, iBOT, DINOv2
+    ("dinov2", True): dict(interpolate_offset=0.0, interpolate_antialias=True),  # DINOv2 with registers
+    ("hf", False): dict(interpolate_offset=0.0, interpolate_antialias=False),  # transformers Dinov2Model
+    ("hf", True): dict(interpolate_offset=0.0, interpolate_antialias=True),  # Dinov2WithRegistersModel
+    ("timm", True): dict(interpolate_offset=0.0, interpolate_antialias=True),
+}
+HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1536: 24}  # the DINO family's ViT-Ti/S/B/L/g
+
+
+@dataclass
+class LoadReport:
+    """What a load did: the layout it read, the entry it took the weights from, what it left out."""
+
+    source: str
+    layout: str
+    entry: str | None = None
+    dropped: list[str] = field(default_factory=list)  # head weights in the file, not part of a backbone
+    left_at_init: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"loaded {self.source} ({self.layout} layout{f', entry {self.entry!r}' if self.entry else ''})"]
+        if self.dropped:
+            parts.append(f"dropped {len(self.dropped)} head tensors ({', '.join(self.dropped[:3])}, ...)")
+        if self.left_at_init:
+            parts.append(f"not in the file, left at init: {', '.join(self.left_at_init)}")
+        return "; ".join(parts)
+
+
+def read_file(source: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The object stored in a checkpoint file, run dir or URL, and its safetensors metadata (else empty)."""
+    if isinstance(source, str) and re.match(r"https?://", source):
+        path = _download(source)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            path = path / LATEST
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} not found")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return load_checkpoint(path), {}
+
+
+def _download(url: str) -> Path:
+    """A URL's file, through torch.hub's cache (downloaded once, into $TORCH_HOME/hub/checkpoints)."""
+    from torch.hub import download_url_to_file, get_dir
+
+    cached = Path(get_dir()) / "checkpoints" / Path(url.split("?")[0]).name
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        download_url_to_file(url, str(cached))
+    return cached
+
+
+def backbone_state(obj: dict[str, Any], source: str, entry: str | None = None) -> tuple[dict[str, Tensor], str | None]:
+    """The backbone's tensors inside a checkpoint: the `entry` given, else the first of CONTAINER_KEYS
+    present, else the whole dict. Keys prefixed `teacher.` / `student.` (DINOv2 training checkpoints)
+    keep the teacher's."""
+    if entry is None:
+        entry = next((k for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+    if entry is not None:
+        if not isinstance(obj.get(entry), dict):
+            raise CheckpointError(f"{source} has no {entry!r} entry of weights; its entries: {_list(obj)}")
+        obj = obj[entry]
+    if any(k.startswith("teacher.") for k in obj):
+        obj = {k.removeprefix("teacher."): v for k, v in obj.items() if k.startswith("teacher.")}
+    others = sorted(k for k, v in obj.items() if not isinstance(v, Tensor))
+    if others or not obj:
+        raise CheckpointError(
+            f"{source}: {'entry ' + repr(entry) if entry else 'the file'} is not a dict of tensors "
+            f"(non-tensor entries: {_list(others) or 'none, it is empty'}); pass the entry holding the weights"
+        )
+    return obj, entry
+
+
+def _list(keys: Any, limit: int = 8) -> str:
+    keys = sorted(keys)
+    return ", ".join(map(str, keys[:limit])) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_weights(model: nn.Module, source: str | Path, entry: str | None = None) -> LoadReport:
+    """Load a checkpoint of any supported layout into `model` (a dinolab ViT or DINO's ResNet-50), strictly."""
+    obj, _ = read_file(source)
+    state, entry = backbone_state(obj, str(source), entry)
+    return _load_state(model, state, str(source), entry)
+
+
+def _load_state(model: nn.Module, state: dict[str, Tensor], source: str, entry: str | None) -> LoadReport:
+    converted = to_dinolab(state)
+    report = LoadReport(source, converted.layout, entry, converted.dropped)
+    own = model.state_dict()
+    for key in OPTIONAL_KEYS:
+        if key in own and key not in converted.state:
+            converted.state[key] = own[key]
+            report.left_at_init.append(key)
+    load_state_strict(model, converted.state, f"checkpoint {source}" + (f" (entry {entry!r})" if entry else ""))
+    log.info(report.summary())
+    return report
+
+
+def infer_vit_kwargs(state: dict[str, Tensor], layout: str = "dinov2", num_heads: int | None = None) -> dict[str, Any]:
+    """VisionTransformer arguments that fit a state dict in dinolab's names: width, depth, patch size and
+    channels, registers, LayerScale, SwiGLU, the position-embedding grid, and the position-embedding
+    interpolation of the implementation the `layout` comes from (see INTERPOLATION). The number of heads
+    is not in the weights: `num_heads`, else the DINO family's for that width."""
+    needed = ("cls_token", "pos_embed", "patch_embed.proj.weight")
+    if any(k not in state for k in needed):
+        hint = " (a ResNet-50? use dinolab.hub.dino_resnet50(weights=...))" if "conv1.weight" in state else ""
+        raise CheckpointError(
+            f"not a ViT backbone{hint}: {', '.join(k for k in needed if k not in state)} missing; "
+            f"its keys: {_list(state)}"
+        )
+    dim = state["cls_token"].shape[-1]
+    num_heads = num_heads or HEADS_BY_WIDTH.get(dim)
+    if num_heads is None:
+        raise CheckpointError(f"cannot tell the number of heads of a {dim}-wide ViT; pass num_heads= or arch=")
+    out_chans, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
+    side = math.isqrt(state["pos_embed"].shape[1] - 1)
+    depth = 1 + max(int(m[1]) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
+    registers = state["register_tokens"].shape[1] if "register_tokens" in state else 0
+    swiglu = "blocks.0.mlp.w12.weight" in state
+    hidden = state["blocks.0.mlp.fc1.weight"].shape[0] if not swiglu else None
+    kwargs: dict[str, Any] = dict(
+        img_size=side * patch,
+        patch_size=patch,
+        in_chans=in_chans,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=num_heads,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        layerscale_init=1e-5 if "blocks.0.ls1.gamma" in state else None,
+        ffn="swiglu" if swiglu else "mlp",
+        num_register_tokens=registers,
+        **INTERPOLATION[layout, bool(registers)],
+    )
+    if hidden is not None:
+        kwargs["mlp_ratio"] = hidden / dim
+    return kwargs
+
+
+def load_backbone(
+    source: str | Path, arch: str | None = None, entry: str | None = None, **kwargs: Any
+) -> VisionTransformer:
+    """A ViT backbone with the weights of `source`, in eval mode.
+
+    `source`: a checkpoint file or URL in any supported layout (DINO / iBOT / DINOv2 releases and training
+    checkpoints, HF transformers and timm state dicts, `dinolab export safetensors` files), or a dinolab
+    training checkpoint or run directory (its EMA teacher). The architecture is `arch` (a name of
+    dinolab.hub.MODEL_SPECS, e.g. 'dinov2_vits14') when given, else the one recorded in the file (dinolab
+    checkpoints and exports), else inferred from the tensor shapes. `kwargs` override constructor arguments.
+    """
+    obj, metadata = read_file(source)
+    state, entry = backbone_state(obj, str(source), entry)
+    if arch is not None:
+        model = build(arch, **kwargs)
+    else:
+        if "config" in obj:  # a dinolab training checkpoint: the architecture it was trained with
+            vit_kwargs = vit_kwargs_of(_backbone_of_config(obj["config"]))
+        elif ARCH_METADATA_KEY in metadata:
+            vit_kwargs = json.loads(metadata[ARCH_METADATA_KEY])
+        else:
+            converted = to_dinolab(state)
+            vit_kwargs = infer_vit_kwargs(converted.state, converted.layout, kwargs.get("num_heads"))
+        model = VisionTransformer(**{**vit_kwargs, **kwargs})
+    _load_state(model, state, str(source), entry)
+    return model.eval()
+
+
+def _backbone_of_config(raw_config: dict[str, Any]) -> VisionTransformer:
+    from dinolab import config as config_lib
+    from dinolab.train.trainer import build_backbone
+
+    return build_backbone(config_lib.from_dict(raw_config), drop_path_rate=0.0)
+
+
+def vit_kwargs_of(model: VisionTransformer) -> dict[str, Any]:
+    """The constructor arguments that rebuild `model`'s architecture (recorded in exported files)."""
+    block = model.blocks[0]
+    ls = getattr(block.ls1, "gamma", None)
+    ffn = "swiglu" if hasattr(block.mlp, "w12") else "mlp"
+    return dict(
+        img_size=math.isqrt(model.pos_embed.shape[1] - 1) * model.patch_size,
+        patch_size=model.patch_size,
+        in_chans=model.in_chans,
+        embed_dim=model.embed_dim,
+        depth=len(model.blocks),
+        num_heads=model.num_heads,
+        mlp_ratio=(block.mlp.fc1.out_features / model.embed_dim) if ffn == "mlp" else 4.0,
+        qkv_bias=block.attn.qkv.bias is not None,
+        layerscale_init=1e-5 if ls is not None else None,
+        ffn=ffn,
+        num_register_tokens=model.num_register_tokens,
+        interpolate_offset=model.interpolate_offset,
+        interpolate_antialias=model.interpolate_antialias,
+    )
+
+
+def save_backbone(model: VisionTransformer, path: str | Path, layout: str = "dinov2") -> Path:
+    """Save the backbone's weights in `layout` ('dinov2', 'dino', 'hf' or 'timm', see convert.from_dinolab).
+
+    `.safetensors` files also record the architecture (metadata), so `load_backbone` rebuilds it exactly;
+    other suffixes are written with torch.save, like the official `*_pretrain.pth` files. Atomic either way.
+    """
+    path = Path(path)
+    state = from_dinolab(model.state_dict(), layout)
+    if path.suffix != ".safetensors":
+        atomic_save(state, path)
+        return path
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        save_file(state, str(tmp), metadata={ARCH_METADATA_KEY: json.dumps(vit_kwargs_of(model)), "layout": layout})
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
