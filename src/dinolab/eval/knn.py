@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dinolab.device import Runtime
-from dinolab.eval.features import extract_features
+from dinolab.eval.features import check_features, extract_features
 
 
 @torch.no_grad()
@@ -26,14 +26,7 @@ def knn_classify(
     chunk_size: int = 1024,
 ) -> dict[int, dict[str, float]]:
     """Top-1 / top-5 accuracy (%) of weighted k-NN for every k in `ks`."""
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(
-            f"train features have dimension {train_features.shape[1]} but test features {test_features.shape[1]}"
-        )
-    if len(train_features) != len(train_labels) or len(test_features) != len(test_labels):
-        raise ValueError("every feature row needs exactly one label")
-    if (train_labels < 0).any() or (test_labels < 0).any():
-        raise ValueError("k-NN needs labeled data: some images have no class (label -1)")
+    check_features(train_features, train_labels, test_features, test_labels)
     ks = sorted(set(ks))
     if ks[-1] > len(train_features):
         raise ValueError(f"k={ks[-1]} is larger than the {len(train_features)} training images")
