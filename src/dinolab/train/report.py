@@ -1,4 +1,4 @@
-"""The run's human-readable report: report.md with a summary and a loss / entropy plot."""
+"""The run's human-readable report: report.md with a summary and the training curves (viz/curves.py)."""
 
 from __future__ import annotations
 
@@ -6,32 +6,7 @@ from pathlib import Path
 
 from dinolab.config import Config
 from dinolab.train.monitor import read_metrics
-
-PLOT_NAME = "training_curves.png"
-
-
-def plot_curves(run_dir: str | Path) -> Path | None:
-    """Loss, teacher entropy and KL against iterations, one panel each, as a PNG."""
-    records = read_metrics(run_dir)
-    if not records:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [r["iteration"] for r in records]
-    keys = [("loss", "DINO loss"), ("teacher_entropy", "teacher entropy (nats)"), ("kl", "KL(teacher || student)")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), constrained_layout=True)
-    for ax, (key, title) in zip(axes, keys, strict=True):
-        ax.plot(x, [r[key] for r in records], lw=1.2)
-        ax.set_title(title)
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-    path = Path(run_dir) / PLOT_NAME
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+from dinolab.viz.curves import save_curves
 
 
 def write_report(
@@ -58,9 +33,9 @@ def write_report(
             f"{last['teacher_entropy']:.3f}, KL {last['kl']:.3f}",
             f"- mean throughput: {mean_speed:.1f} img/s",
         ]
-    plot = plot_curves(run_dir)
-    if plot:
-        lines += ["", f"![training curves]({plot.name})"]
+    curves = save_curves(run_dir, per_quantity=False)
+    if curves:
+        lines += ["", f"![training curves]({curves[0].name})"]
     for title, body in (sections or {}).items():
         lines += ["", f"## {title}", "", body]
     path = run_dir / "report.md"
