@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from conftest import tiny_config, write_class_folder
 
 from dinolab import config as config_lib
 from dinolab.cli import build_parser, main
+from dinolab.eval import Evaluation
 
 
 @pytest.fixture
@@ -84,21 +84,21 @@ def test_eval_knn_on_a_labeled_folder(trained_run: Path, labeled_folder: Path, t
                  "--device", "cpu", "--precision", "fp32", "--batch-size", "4", "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    lines = [line for line in captured.out.splitlines() if "top-1" in line]
-    assert [line.split(":")[0] for line in lines] == ["k=1", "k=3"]
+    lines = [line for line in captured.out.splitlines() if line.startswith("[trained] knn: ")]
+    assert len(lines) == 1  # one summary line
     results = json.loads(out.read_text())
-    assert set(results) == {"1", "3"}
-    for r in results.values():
-        assert 0.0 <= r["top1"] <= 100.0 and r["top5"] == 100.0  # 3 classes: top-5 always right
+    assert set(results) == {"1", "3", "seconds"}
+    for k in ("1", "3"):
+        assert 0.0 <= results[k]["top1"] <= 100.0 and results[k]["top5"] == 100.0  # 3 classes: top-5 always right
     # the three classes are flat colors of different brightness: even a barely trained ViT separates them
     assert results["1"]["top1"] >= 66.0
-    assert f"top-1 {results['1']['top1']:.2f}%" in lines[0]
+    assert f"k-NN k=1 top-1 {results['1']['top1']:.2f}, k-NN k=3 top-1 {results['3']['top1']:.2f}" in lines[0]
 
 
 def test_eval_knn_checkpoint_file_and_missing_checkpoint(trained_run: Path, labeled_folder: Path, capsys) -> None:
     args = ["--data", str(labeled_folder), "--k", "1", "--device", "cpu", "--precision", "fp32", "--quiet"]
     assert main(["eval", "knn", "--checkpoint", str(trained_run / "checkpoint.pth"), *args]) == 0
-    assert "k=1: top-1" in capsys.readouterr().out
+    assert "[trained] knn: k-NN k=1 top-1" in capsys.readouterr().out
     assert main(["eval", "knn", "--checkpoint", str(trained_run / "nope.pth"), *args]) == 1
     assert "not found" in capsys.readouterr().err
 
@@ -118,12 +118,11 @@ def test_eval_knn_test_labels_use_the_train_class_numbering(
     write_class_folder(root / "test", {"a": 2, "c": 2})  # no "b" images in the test split
     seen = {}
 
-    def fake_knn(model, train_ds, test_ds, **kwargs):
-        seen["train"], seen["test"] = train_ds, test_ds
-        return {1: {"top1": 0.0, "top5": 0.0}}
+    def fake_run(evaluation: Evaluation, protocol: str, **options) -> dict:
+        seen["train"], seen["test"] = evaluation.train_dataset, evaluation.test_dataset
+        return {"1": {"top1": 0.0, "top5": 0.0}, "seconds": 0.0}
 
-    # dinolab.eval.knn (the attribute) is the function; the module is only reachable through sys.modules
-    monkeypatch.setattr(sys.modules["dinolab.eval.knn"], "knn", fake_knn)
+    monkeypatch.setattr(Evaluation, "run", fake_run)
     assert main(["eval", "knn", "--checkpoint", str(trained_run), "--data", str(root), "--k", "1", "--quiet"]) == 0
     train_classes = seen["train"].classes
     test = seen["test"]
