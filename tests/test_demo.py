@@ -37,6 +37,8 @@ def test_demo_on_generated_fashion_mnist(fmnist_dir: Path, tmp_path: Path, capsy
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "## k-NN evaluation" in report and "| features | k=3 top-1 | k=5 top-1 |" in report
     assert "32 test images against 32 training images" in report
+    assert "## Do the masks find the garment?" in report  # silhouette IoU of attention / PCA masks
+    assert "| trained (EMA teacher) | " in report and "| random init | " in report
     assert "raw pixels" in capsys.readouterr().out
 
 

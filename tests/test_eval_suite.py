@@ -185,4 +185,4 @@ def test_eval_bad_input_is_named(trained_run: Path, silhouette_dir: Path, tmp_pa
     headless = tmp_path / "no_backbone.pth"
     atomic_save(state, headless)
     err = error("knn", "--data", "fmnist", "--checkpoint", str(headless), "--fmnist-dir", str(silhouette_dir), *FAST)
-    assert "teacher backbone" in err and "missing keys" in err
+    assert "entry 'teacher'" in err and "missing" in err  # names the entry and what a backbone needs

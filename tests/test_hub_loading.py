@@ -289,3 +289,20 @@ def test_not_a_dict_of_weights(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no 'ema' entry"):
         model = VisionTransformer(embed_dim=DIM, depth=1, num_heads=HEADS)
         load_weights(model, save({"teacher": {}}, tmp_path / "t.pth"), entry="ema")
+
+
+def test_load_model_gives_the_input_config(tmp_path: Path, trained_run: Path) -> None:
+    """Evaluation and visualization load through load_model: a dinolab run brings its training config
+    (normalization, crop size); released weights get ImageNet normalization at 224 px and their patch size."""
+    from dinolab.hub import load_model
+    from dinolab.train.checkpoint import load_checkpoint
+
+    ours = load_model(trained_run)
+    saved = load_checkpoint(trained_run / "checkpoint.pth")["config"]
+    assert ours.trained_here and ours.config.to_dict() == saved
+    official = official_vit_state(patch=14, layerscale="dinov2")
+    released = load_model(save(official, tmp_path / "dinov2_pretrain.pth"), num_heads=HEADS)
+    assert not released.trained_here
+    assert (released.config.model.patch_size, released.config.model.in_chans) == (14, 3)
+    assert released.config.data.mean == (0.485, 0.456, 0.406) and released.config.data.global_crops_size == 224
+    assert_loaded(released.backbone, official, {})

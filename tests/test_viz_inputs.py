@@ -37,10 +37,10 @@ def test_load_model(viz_model: VizModel) -> None:
 
 
 def test_load_model_errors(tmp_path: Path) -> None:
-    not_training = tmp_path / "weights.pth"
-    torch.save({"model": {}}, not_training)
-    with pytest.raises(ValueError, match="not a dinolab training checkpoint"):
-        load_model(not_training)
+    no_weights = tmp_path / "weights.pth"
+    torch.save({"model": {}}, no_weights)
+    with pytest.raises(CheckpointError, match="entry 'model' is not a dict of tensors"):
+        load_model(no_weights)
     path = write_viz_checkpoint(tmp_path)
     state = torch.load(path, weights_only=True)
     del state["teacher"]["backbone.blocks.1.attn.qkv.weight"]

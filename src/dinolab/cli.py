@@ -369,11 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    from dinolab.hub.export import MissingExtraError
     from dinolab.train.trainer import NonFiniteLossError
 
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError,
+            MissingExtraError) as err:
         print(f"dinolab: error: {err}", file=sys.stderr)
         return 1
     return 0

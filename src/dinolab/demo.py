@@ -10,13 +10,15 @@ import time
 import torch
 
 from dinolab.config import Config
-from dinolab.data.datasets import has_labels
+from dinolab.data.datasets import FashionMNIST, has_labels
 from dinolab.data.loader import build_eval_dataset
 from dinolab.device import resolve
 from dinolab.eval.features import pixel_features
 from dinolab.eval.knn import knn, knn_classify
 from dinolab.train.report import write_report
 from dinolab.train.trainer import build_backbone, fit
+from dinolab.viz.inputs import VizModel
+from dinolab.viz.silhouette import iou_markdown, silhouette_iou
 
 
 def knn_table(results: dict[str, dict[int, dict[str, float]]], ks: tuple[int, ...]) -> str:
@@ -35,6 +37,20 @@ def method_name(cfg: Config) -> str:
     if cfg.loss.koleo_weight > 0 or cfg.loss.centering == "sinkhorn":
         return "DINOv2"
     return "iBOT" if cfg.loss.ibot_weight > 0 else "DINO"
+
+
+def mask_iou_section(teacher: torch.nn.Module, cfg: Config, test_ds: FashionMNIST, n: int = 1000) -> str:
+    """IoU of the attention and PCA foreground masks with the silhouettes of the first `n` test garments,
+    for the trained teacher and the same architecture at random init (the DINO paper's Jaccard check)."""
+    images = test_ds.images[:n].permute(0, 2, 3, 1).numpy()
+    d = cfg.data
+    torch.manual_seed(cfg.train.seed)
+    scores = {
+        "trained (EMA teacher)": silhouette_iou(VizModel(teacher, d.mean, d.std), images),
+        "random init": silhouette_iou(VizModel(build_backbone(cfg, drop_path_rate=0.0).eval(), d.mean, d.std), images),
+    }
+    return f"Mean IoU with the garment silhouette (pixels > 0) over the first {n} test images.\n\n" + iou_markdown(
+        scores)
 
 
 def run_demo(cfg: Config, quiet: bool = False) -> dict[str, dict[int, dict[str, float]]]:
@@ -71,7 +87,10 @@ def run_demo(cfg: Config, quiet: bool = False) -> dict[str, dict[int, dict[str, 
         f"Weighted k-NN (T={cfg.eval.knn_temperature}) on the {len(test_ds)} test images against "
         f"{len(train_ds)} training images. Training took {train_seconds / 60:.1f} min."
     )
-    write_report(result.run_dir, cfg, sections={"k-NN evaluation": f"{note}\n\n{table}"})
+    sections = {"k-NN evaluation": f"{note}\n\n{table}"}
+    if cfg.data.dataset == "fmnist":  # garment silhouettes (pixels > 0) are the ground truth for the masks
+        sections["Do the masks find the garment?"] = mask_iou_section(result.teacher, cfg, test_ds)
+    write_report(result.run_dir, cfg, sections=sections)
     serializable = {name: {str(k): v for k, v in r.items()} for name, r in results.items()}
     (result.run_dir / "knn.json").write_text(json.dumps(serializable, indent=1))
     print(f"\n{note}\n\n{table}\n\nrun directory: {result.run_dir}")

@@ -36,20 +36,24 @@ SECTION_TITLE = "Evaluation suite"
 
 
 def load_backbone(checkpoint: str | Path, kind: str = "trained", seed: int = 0) -> tuple[nn.Module, Config]:
-    """The model to evaluate and the config it was trained with. `checkpoint`: a dinolab training checkpoint
-    or a run directory (its latest checkpoint). `kind`: "trained" (the EMA teacher backbone, what DINO
-    evaluates), "random-init" (the same architecture, fresh weights from `seed`) or "pixels" (raw pixels)."""
-    from dinolab.train.trainer import build_backbone, teacher_from_checkpoint
+    """The model to evaluate and the config that describes its input. `checkpoint`: anything
+    `dinolab.hub.load_model` reads — a dinolab training checkpoint or run directory (its EMA teacher, what
+    DINO evaluates, with its training config) or released DINO / iBOT / DINOv2 weights (ImageNet
+    normalization, 224 px). `kind`: "trained", "random-init" (the same architecture, fresh weights from
+    `seed`) or "pixels" (raw pixels)."""
+    from dinolab.hub import load_model, vit_kwargs_of
+    from dinolab.models.vit import VisionTransformer
 
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
-    model, cfg = teacher_from_checkpoint(checkpoint)
+    loaded = load_model(checkpoint)
+    model = loaded.backbone
     if kind == "random-init":
         torch.manual_seed(seed)
-        model = build_backbone(cfg, drop_path_rate=0.0).eval()
+        model = VisionTransformer(**vit_kwargs_of(model)).eval()
     elif kind == "pixels":
-        model = PixelBaseline(cfg.model.patch_size)
-    return model, cfg
+        model = PixelBaseline(model.patch_size)
+    return model, loaded.config
 
 
 class Evaluation:

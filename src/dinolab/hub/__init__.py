@@ -6,7 +6,16 @@ layouts, export (safetensors, ONNX) and folder embedding.
 """
 
 from dinolab.hub.convert import from_dinolab, to_dinolab
-from dinolab.hub.loading import LoadReport, infer_vit_kwargs, load_backbone, load_weights, save_backbone
+from dinolab.hub.loading import (
+    LoadedModel,
+    LoadReport,
+    infer_vit_kwargs,
+    load_backbone,
+    load_model,
+    load_weights,
+    save_backbone,
+    vit_kwargs_of,
+)
 from dinolab.hub.specs import (
     MODEL_SPECS,
     ModelSpec,
@@ -32,6 +41,7 @@ from dinolab.hub.specs import (
 __all__ = [
     "MODEL_SPECS",
     "LoadReport",
+    "LoadedModel",
     "ModelSpec",
     "build",
     "dino_resnet50",
@@ -53,7 +63,9 @@ __all__ = [
     "ibot_vits16",
     "infer_vit_kwargs",
     "load_backbone",
+    "load_model",
     "load_weights",
     "save_backbone",
     "to_dinolab",
+    "vit_kwargs_of",
 ]

@@ -21,10 +21,14 @@ INPUT_NAME = "pixel_values"
 OUTPUT_NAMES = ("cls", "patch_tokens")
 
 
+class MissingExtraError(ImportError):
+    """An optional dependency group is not installed; the message names the pip command."""
+
+
 def require_export_extra(*modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise ImportError(
+        raise MissingExtraError(
             f"{', '.join(missing)} not installed; this needs the export extra: pip install 'dinolab[export]'"
         )
 

@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from dinolab.config import Config
 from dinolab.hub.convert import from_dinolab, to_dinolab
 from dinolab.hub.specs import build
 from dinolab.models.vit import VisionTransformer
@@ -194,6 +195,13 @@ def load_backbone(
     dinolab.hub.MODEL_SPECS, e.g. 'dinov2_vits14') when given, else the one recorded in the file (dinolab
     checkpoints and exports), else inferred from the tensor shapes. `kwargs` override constructor arguments.
     """
+    return _load(source, arch, entry, **kwargs)[0]
+
+
+def _load(
+    source: str | Path, arch: str | None, entry: str | None, **kwargs: Any
+) -> tuple[VisionTransformer, dict[str, Any]]:
+    """load_backbone, also returning the file's contents (a dinolab checkpoint's config is in there)."""
     obj, metadata = read_file(source)
     state, entry = backbone_state(obj, str(source), entry)
     if arch is not None:
@@ -208,7 +216,33 @@ def load_backbone(
             vit_kwargs = infer_vit_kwargs(converted.state, converted.layout, kwargs.get("num_heads"))
         model = VisionTransformer(**{**vit_kwargs, **kwargs})
     _load_state(model, state, str(source), entry)
-    return model.eval()
+    return model.eval(), obj
+
+
+@dataclass
+class LoadedModel:
+    """A backbone and the config that describes its input: the training config of a dinolab checkpoint,
+    else a default Config with the backbone's patch size and channels, ImageNet normalization and 224 px
+    (what the released DINO, iBOT and DINOv2 weights expect)."""
+
+    backbone: VisionTransformer
+    config: Config
+    trained_here: bool  # True when `config` is the dinolab training config the weights came with
+
+
+def load_model(source: str | Path, arch: str | None = None, entry: str | None = None, **kwargs: Any) -> LoadedModel:
+    """The one loader evaluation and visualization use: any checkpoint `load_backbone` reads (same
+    arguments), with the normalization and image size to feed it."""
+    from dinolab import config as config_lib
+
+    model, obj = _load(source, arch, entry, **kwargs)
+    if "config" in obj:
+        return LoadedModel(model, config_lib.from_dict(obj["config"]), trained_here=True)
+    cfg = config_lib.Config()
+    cfg.model.patch_size, cfg.model.in_chans = model.patch_size, model.in_chans
+    if model.in_chans != len(cfg.data.mean):
+        cfg.data.mean, cfg.data.std = (0.5,) * model.in_chans, (0.5,) * model.in_chans
+    return LoadedModel(model, cfg, trained_here=False)
 
 
 def _backbone_of_config(raw_config: dict[str, Any]) -> VisionTransformer:

@@ -52,11 +52,12 @@ class VizModel:
 
 
 def load_model(checkpoint: str | Path) -> VizModel:
-    """The one place visualizations load weights: a dinolab training checkpoint (file or run dir) -> its teacher."""
-    from dinolab.train.trainer import teacher_from_checkpoint
+    """The one place visualizations load weights: anything `dinolab.hub.load_model` reads (a dinolab
+    checkpoint or run dir -> its EMA teacher, or released DINO / iBOT / DINOv2 weights)."""
+    from dinolab.hub import load_model as load
 
-    backbone, cfg = teacher_from_checkpoint(checkpoint)
-    return VizModel(backbone.eval(), tuple(cfg.data.mean), tuple(cfg.data.std))
+    loaded = load(checkpoint)
+    return VizModel(loaded.backbone, tuple(loaded.config.data.mean), tuple(loaded.config.data.std))
 
 
 def read_image(path: str | Path, channels: int, patch_size: int, size: int | None = None) -> np.ndarray:
