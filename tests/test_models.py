@@ -409,3 +409,22 @@ def test_multicrop_wrapper_groups_by_resolution(sizes: list[int], expected_calls
 
 def test_vit_is_a_vision_transformer() -> None:
     assert isinstance(vit("vit_tiny", img_size=28, patch_size=7, in_chans=1, depth=1), VisionTransformer)
+
+
+def test_attention_takes_the_explicit_path_in_bf16_on_cpu_with_the_same_result() -> None:
+    """bf16 on CPU uses matmul + softmax (faster than the fused kernel there); it computes the same attention."""
+    from dinolab.models.layers import _explicit_is_faster
+
+    torch.manual_seed(0)
+    attn = Attention(64, 4)
+    x = torch.randn(3, 17, 64)
+    q = torch.zeros(1, 4, 17, 16)
+    assert _explicit_is_faster(q.bfloat16()) and not _explicit_is_faster(q)
+    assert not _explicit_is_faster(torch.zeros(1, 4, 1025, 16, dtype=torch.bfloat16))  # long: fused, for memory
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, weights = attn(x)
+    assert weights is None and fast.dtype == torch.bfloat16
+    b, n, d = x.shape
+    qkv = attn.qkv(x.bfloat16().float()).reshape(b, n, 3, 4, 16).permute(2, 0, 3, 1, 4)
+    fused = F.scaled_dot_product_attention(*qkv).transpose(1, 2).reshape(b, n, d)
+    torch.testing.assert_close(fast.float(), attn.proj(fused), atol=0.05, rtol=0.05)
