@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def centered_softmax(teacher_logits: Tensor, center: Tensor, temperature: float) -> Tensor:
@@ -62,6 +62,31 @@ def teacher_targets(
     targets = centered_softmax(teacher_logits, center, temperature)
     update_center(center, teacher_logits, momentum)
     return targets
+
+
+class TeacherTargetLoss(nn.Module):
+    """What the DINO and iBOT losses share: a student temperature and the teacher's targets by EMA
+    centering (own `center` buffer, saved with the loss) or by Sinkhorn-Knopp."""
+
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: str = "ema",
+        sinkhorn_iterations: int = 3,
+    ):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def targets(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
+        return teacher_targets(
+            teacher_logits, self.center, teacher_temp, self.centering, self.center_momentum, self.sinkhorn_iterations
+        )
 
 
 def entropy(probs: Tensor) -> Tensor:

@@ -5,27 +5,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from dinolab.losses.centering import entropy, teacher_targets
+from dinolab.losses.centering import TeacherTargetLoss, entropy
 
 
-class DINOLoss(nn.Module):
-    def __init__(
-        self,
-        out_dim: int,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
-        centering: str = "ema",
-        sinkhorn_iterations: int = 3,
-    ):
-        super().__init__()
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.centering = centering
-        self.sinkhorn_iterations = sinkhorn_iterations
-        self.register_buffer("center", torch.zeros(1, out_dim))
-
+class DINOLoss(TeacherTargetLoss):
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, teacher_temp: float, n_global: int = 2
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -37,9 +22,7 @@ class DINOLoss(nn.Module):
         """
         n_crops = len(student_logits) // (len(teacher_logits) // n_global)
         log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1).chunk(n_crops)
-        q_all = teacher_targets(
-            teacher_logits, self.center, teacher_temp, self.centering, self.center_momentum, self.sinkhorn_iterations
-        )
+        q_all = self.targets(teacher_logits, teacher_temp)
         q = q_all.chunk(n_global)
         log_p_sum = torch.stack(log_p).sum(0)
         total = sum(-(q[i] * (log_p_sum - log_p[i])).sum(-1).mean() for i in range(n_global))

@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from dinolab.losses.centering import entropy, teacher_targets
+from dinolab.losses.centering import TeacherTargetLoss, entropy
 
 
-class IBOTPatchLoss(nn.Module):
+class IBOTPatchLoss(TeacherTargetLoss):
     """Own center (or Sinkhorn-Knopp), own teacher temperature; averaged per image, then over images."""
-
-    def __init__(
-        self,
-        patch_out_dim: int,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
-        centering: str = "ema",
-        sinkhorn_iterations: int = 3,
-    ):
-        super().__init__()
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.centering = centering
-        self.sinkhorn_iterations = sinkhorn_iterations
-        self.register_buffer("center", torch.zeros(1, patch_out_dim))
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, masks: Tensor, teacher_temp: float
@@ -37,9 +22,7 @@ class IBOTPatchLoss(nn.Module):
         if not masks.any():  # nothing to predict; keep the center as it is
             zero = student_logits.float().sum() * 0.0
             return zero, {"ibot_teacher_entropy": zero.detach(), "ibot_kl": zero.detach()}
-        q = teacher_targets(
-            teacher_logits, self.center, teacher_temp, self.centering, self.center_momentum, self.sinkhorn_iterations
-        )
+        q = self.targets(teacher_logits, teacher_temp)
         log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
         per_patch = -(q * log_p).sum(-1)
         per_image_weight = 1.0 / masks.sum(-1).clamp(min=1)
