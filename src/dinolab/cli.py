@@ -231,10 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=_demo)
 
+    checkpoint_help = "dinolab run dir or checkpoint, or released DINO/iBOT/DINOv2 weights"
     ev = sub.add_parser("eval", help="evaluate frozen features (k-NN, linear, logreg, low-shot, retrieval, ...)")
     ev_sub = ev.add_subparsers(dest="protocol", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--checkpoint", required=True, help="dinolab training checkpoint (file or run dir)")
+    common.add_argument("--checkpoint", required=True, help=checkpoint_help)
     common.add_argument("--data", help="'fmnist', or a folder with train/ and test/ class folders")
     common.add_argument("--train", help="training data: 'fmnist' or a folder of class folders (overrides --data)")
     common.add_argument("--test", help="test data: 'fmnist' or a folder of class folders (overrides --data)")
@@ -283,22 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     viz_sub = viz.add_subparsers(dest="figure", required=True)
     size_help = "resize the shorter side to this and center-crop a square (default: keep the size)"
     crop_note = "Images are center-cropped to a multiple of the patch size; a folder stands for its images."
+    images_common = argparse.ArgumentParser(add_help=False)
+    images_common.add_argument("images", nargs="+", help="image files or folders")
+    images_common.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    images_common.add_argument("--out", default="viz", help="output folder (default: viz)")
+    images_common.add_argument("--image-size", type=int, default=None, help=size_help)
     attention = viz_sub.add_parser(
-        "attention", help="per-head [CLS] attention of the last block and its mass masks", description=crop_note
+        "attention", parents=[images_common], description=crop_note,
+        help="per-head [CLS] attention of the last block and its mass masks",
     )
-    attention.add_argument("images", nargs="+", help="image files or folders")
-    attention.add_argument("--checkpoint", required=True, help="dinolab training checkpoint (file or run dir)")
-    attention.add_argument("--out", default="viz", help="output folder (default: viz)")
-    attention.add_argument("--image-size", type=int, default=None, help=size_help)
     attention.add_argument("--mass", type=float, default=0.6, help="attention mass the masks keep (default 0.6)")
     attention.set_defaults(func=_viz_attention)
     pca = viz_sub.add_parser(
-        "pca", help="DINOv2 PCA of patch features: foreground split and RGB parts", description=crop_note
+        "pca", parents=[images_common], description=crop_note + " One PCA over all the images.",
+        help="DINOv2 PCA of patch features: foreground split and RGB parts",
     )
-    pca.add_argument("images", nargs="+", help="image files or folders (one PCA over all of them)")
-    pca.add_argument("--checkpoint", required=True, help="dinolab training checkpoint (file or run dir)")
-    pca.add_argument("--out", default="viz", help="output folder (default: viz)")
-    pca.add_argument("--image-size", type=int, default=None, help=size_help)
     pca.add_argument("--threshold", type=float, default=0.5, help="foreground threshold on the [0, 1] first PC")
     pca.set_defaults(func=_viz_pca)
     curves = viz_sub.add_parser("curves", help="loss, lr, teacher temperature / entropy, KL, k-NN over training")
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Images are resized and center-cropped to one square size (default: the model's training size).",
     )
     explore.add_argument("images", nargs="+", help="image files or folders")
-    explore.add_argument("--checkpoint", required=True, help="dinolab training checkpoint (file or run dir)")
+    explore.add_argument("--checkpoint", required=True, help=checkpoint_help)
     explore.add_argument("--out", default="explorer.html", help="HTML file to write (default: explorer.html)")
     explore.add_argument("--image-size", type=int, default=None, help="square image side (default: training size)")
     explore.add_argument("--max-images", type=int, default=1000, help="show at most this many (evenly spaced)")
