@@ -88,6 +88,12 @@ def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return (x - mean.to(x.device)) / std.to(x.device)
 
 
+def normalize_uint8(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """uint8 (B, C, H, W) images -> float, scaled to [0, 1] and normalized per channel: a model's input."""
+    shape = (1, -1, 1, 1)
+    return normalize(images.float().div_(255), torch.tensor(mean).view(shape), torch.tensor(std).view(shape))
+
+
 def sample_crop_boxes(
     b: int, h: int, w: int, scale: tuple[float, float], g: torch.Generator, ratio=(3 / 4, 4 / 3), tries: int = 10
 ) -> Tensor:

@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from dinolab.data.datasets import collate_images
-from dinolab.data.transforms import normalize
+from dinolab.data.transforms import normalize_uint8
 from dinolab.device import Runtime, resolve
 
 
@@ -102,8 +102,7 @@ def image_batches(
 
 
 def _model_input(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], runtime: Runtime) -> Tensor:
-    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-    return normalize(images.float().div_(255), mean_t, std_t).to(runtime.device)
+    return normalize_uint8(images, mean, std).to(runtime.device)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dinolab.data.datasets import ImageFolder
-from dinolab.data.transforms import normalize
+from dinolab.data.transforms import normalize_uint8
 from dinolab.device import Runtime, resolve
 from dinolab.hub.export import require_export_extra
 from dinolab.models.vit import VisionTransformer
@@ -90,7 +90,6 @@ def embed_folder(
                                                        std=list(std)), resume)
     runtime = runtime or resolve()
     model = model.to(runtime.device).eval()
-    mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
     width = model.embed_dim * len(features)
     starts = range(0, len(dataset), chunk_size)
     done = [s for s in starts if (parts_dir / f"{s:09d}.npy").is_file()]
@@ -107,7 +106,7 @@ def embed_folder(
         offset = 0
         for images, positions, count in loader:
             if positions:
-                x = normalize(images.float().div_(255), mean_t, std_t).to(runtime.device)
+                x = normalize_uint8(images, mean, std).to(runtime.device)
                 with torch.no_grad(), runtime.autocast():
                     rows[[offset + i for i in positions]] = _features(model, x, features).float().cpu().numpy()
             offset += count

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from dinolab.data.datasets import IMAGE_EXTENSIONS
+from dinolab.data.transforms import normalize_uint8
 from dinolab.models.vit import VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,7 @@ class VizModel:
 
     def to_tensor(self, images: list[np.ndarray]) -> Tensor:
         """Same-size uint8 (H, W, C) images -> a normalized float (B, C, H, W) batch."""
-        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255)
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return normalize_uint8(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), self.mean, self.std)
 
 
 def load_model(checkpoint: str | Path) -> VizModel:
