@@ -220,3 +220,154 @@ def test_to_dict_uses_lists_and_covers_every_field() -> None:
 def test_defaults_are_valid() -> None:
     config_lib.validate(Config())
     assert config_lib.from_dict({}) == Config()
+
+
+# ---------------------------------------------------------------- recipe inheritance (base:)
+
+
+def write(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def test_inheritance_over_three_levels_with_overrides_last(tmp_path) -> None:
+    root = "model:\n  arch: vit_small\n  depth: 2\noptim:\n  epochs: 9\n  warmup_epochs: 1\n  lr: 0.001\n"
+    write(tmp_path / "root.yaml", root)
+    write(tmp_path / "mid.yaml", "base: root.yaml\noptim:\n  epochs: 7\n")
+    leaf = write(tmp_path / "leaf.yaml", "base: mid.yaml\noptim:\n  lr: 0.003\n")
+    cfg = config_lib.load(leaf, ["optim.epochs=12"])
+    assert (cfg.model.arch, cfg.model.depth) == ("vit_small", 2)  # a section only the root sets survives
+    assert cfg.optim.lr == 0.003  # the child beats its bases key by key
+    assert cfg.optim.epochs == 12  # overrides beat every file in the chain
+    assert config_lib.load(leaf).optim.epochs == 7  # the nearer base beats the farther one
+    assert [p.name for p in config_lib.recipe_chain(leaf)] == ["leaf.yaml", "mid.yaml", "root.yaml"]
+
+
+def test_empty_child_section_keeps_the_base_section(tmp_path) -> None:
+    write(tmp_path / "root.yaml", "eval:\n  knn_k: [5]\n")
+    leaf = write(tmp_path / "leaf.yaml", "base: root.yaml\neval:\n")
+    assert config_lib.load(leaf).eval.knn_k == (5,)
+
+
+def test_child_null_beats_a_base_value(tmp_path) -> None:
+    leaf = write(tmp_path / "leaf.yaml", "base: dinov2_vit_tiny_fmnist\nmodel:\n  layerscale_init: null\n")
+    assert config_lib.load(leaf).model.layerscale_init is None
+
+
+def test_base_by_relative_path_and_by_shipped_name(tmp_path) -> None:
+    (tmp_path / "bases").mkdir()
+    (tmp_path / "recipes").mkdir()
+    write(tmp_path / "bases" / "b.yaml", "base: dino_vit_tiny_fmnist\noptim:\n  epochs: 4\n")
+    leaf = write(tmp_path / "recipes" / "leaf.yaml", "base: ../bases/b.yaml\ntrain:\n  seed: 3\n")
+    cfg = config_lib.load(leaf)
+    shipped = config_lib.load("dino_vit_tiny_fmnist")
+    assert (cfg.optim.epochs, cfg.train.seed) == (4, 3)
+    assert (cfg.model, cfg.data) == (shipped.model, shipped.data)
+    assert config_lib.recipe_chain(leaf)[-1] == (config_lib.CONFIG_DIR / "dino_vit_tiny_fmnist.yaml").resolve()
+
+
+def test_missing_base_names_the_file_that_names_it(tmp_path) -> None:
+    leaf = write(tmp_path / "leaf.yaml", "base: nowhere.yaml\n")
+    with pytest.raises(ConfigError) as info:
+        config_lib.load(leaf)
+    message = str(info.value)
+    assert "leaf.yaml" in message and "nowhere.yaml" in message and "dino_vit_tiny_fmnist" in message
+    with pytest.raises(ConfigError, match="no_such_recipe"):
+        config_lib.load(write(tmp_path / "named.yaml", "base: no_such_recipe\n"))
+
+
+def test_inheritance_cycle_names_the_files(tmp_path) -> None:
+    a = write(tmp_path / "a.yaml", "base: b.yaml\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle") as info:
+        config_lib.load(a)
+    assert "a.yaml" in str(info.value) and "b.yaml" in str(info.value)
+    with pytest.raises(ConfigError, match="cycle"):
+        config_lib.recipe_chain(write(tmp_path / "self.yaml", "base: self.yaml\n"))
+
+
+@pytest.mark.parametrize(("base_text", "match"), [("- 1\n- 2\n", "mapping"), ("model: [unclosed\n", "YAML")])
+def test_base_that_is_not_a_mapping_names_both_files(tmp_path, base_text: str, match: str) -> None:
+    write(tmp_path / "base.yaml", base_text)
+    leaf = write(tmp_path / "leaf.yaml", "base: base.yaml\n")
+    with pytest.raises(ConfigError, match=match) as info:
+        config_lib.load(leaf)
+    assert "base.yaml" in str(info.value) and "leaf.yaml" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["[a.yaml, b.yaml]", "''", "3"])
+def test_base_must_be_one_name_or_path(tmp_path, value: str) -> None:
+    with pytest.raises(ConfigError, match="base"):
+        config_lib.load(write(tmp_path / "leaf.yaml", f"base: {value}\n"))
+
+
+def test_unknown_key_in_a_base_names_the_key_and_the_file(tmp_path) -> None:
+    write(tmp_path / "base.yaml", "model:\n  arch: vit_tiny\n  wdith: 3\n")
+    leaf = write(tmp_path / "leaf.yaml", "base: base.yaml\noptim:\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"model\.'?wdith") as info:
+        config_lib.load(leaf)
+    assert "base.yaml" in str(info.value)
+
+
+def test_merged_chain_is_validated_as_a_whole(tmp_path) -> None:
+    # each file is fine alone; together warm-up outlasts the run
+    write(tmp_path / "base.yaml", "optim:\n  epochs: 20\n  warmup_epochs: 10\n")
+    leaf = write(tmp_path / "leaf.yaml", "base: base.yaml\noptim:\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match="optim.warmup_epochs"):
+        config_lib.load(leaf)
+
+
+def test_base_never_reaches_the_saved_config(tmp_path) -> None:
+    cfg = config_lib.load("dinov2_distill_fmnist")
+    assert "base" not in cfg.to_dict()
+    config_lib.save(cfg, tmp_path / "config.yaml")
+    assert "base" not in yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config_lib.recipe_chain(tmp_path / "config.yaml") == [(tmp_path / "config.yaml").resolve()]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_show_round_trips_and_names_the_chain(name: str) -> None:
+    overrides = ["optim.lr=0.00123", "train.seed=5"]
+    text = config_lib.show(name, overrides)
+    cfg = config_lib.load(name, overrides)
+    assert yaml.safe_load(text) == cfg.to_dict()
+    assert config_lib.from_dict(yaml.safe_load(text)) == cfg
+    first = text.splitlines()[0]
+    assert first.startswith("# resolved from: ")
+    assert [s.split()[0] for s in first.removeprefix("# resolved from: ").split(" -> ")] == [
+        p.name for p in config_lib.recipe_chain(name)
+    ]
+    assert "optim.lr=0.00123" in text.splitlines()[1]
+
+
+def test_show_without_overrides_is_what_save_writes(tmp_path) -> None:
+    text = config_lib.show("ibot_vit_tiny_fmnist")
+    config_lib.save(config_lib.load("ibot_vit_tiny_fmnist"), tmp_path / "config.yaml")
+    header, body = text.split("\n", 1)
+    chain = "ibot_vit_tiny_fmnist.yaml -> dino_vit_tiny_fmnist.yaml"
+    assert header == f"# resolved from: {chain} (each file extends the next)"
+    assert body == (tmp_path / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_shipped_recipe_chain_resolves(name: str) -> None:
+    chain = config_lib.recipe_chain(name)
+    assert chain[0].stem == name
+    assert all(p.parent == config_lib.CONFIG_DIR.resolve() for p in chain)  # shipped recipes extend shipped ones
+    assert len(set(chain)) == len(chain)
+    config_lib.validate(config_lib.load(name))
+
+
+def test_the_variant_recipes_name_their_base() -> None:
+    bases = {name: [p.stem for p in config_lib.recipe_chain(name)][1:2] for name in RECIPES}
+    assert bases["dino_vit_tiny_fmnist"] == [] and bases["dinov2_vitl14_lvd"] == []
+    for name in ("dinov2_vit_tiny_fmnist_highres", "dinov2_vit_small_fmnist", "dinov2_distill_fmnist"):
+        assert bases[name] == ["dinov2_vit_tiny_fmnist"]
+    assert bases["ibot_vit_tiny_fmnist"] == ["dino_vit_tiny_fmnist"]
+    assert bases["ibot_vits16_imagenet"] == ["dino_vits16_imagenet"]
+
+
+def test_num_global_crops_sizes_the_sinkhorn_message() -> None:
+    assert config_lib.NUM_GLOBAL_CROPS == 2
+    with pytest.raises(ConfigError, match=f"x {config_lib.NUM_GLOBAL_CROPS} global crops"):
+        config_lib.load("dinov2_vit_tiny_fmnist", ["optim.batch_size=4"])

@@ -1,7 +1,8 @@
 """Typed run configuration: dataclasses, shipped YAML recipes, dotted overrides, validation.
 
-A config is plain data. `load()` resolves a recipe name or a YAML path, applies `key=value`
-overrides and validates everything at once, so a typo fails before any work starts.
+A config is plain data. `load()` resolves a recipe name or a YAML path, merges the chain of
+`base:` recipes it inherits from, applies `key=value` overrides and validates everything at once,
+so a typo fails before any work starts. `show()` prints what a recipe resolves to.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+BASE_KEY = "base"  # a recipe with `base: NAME_OR_PATH` inherits every key it does not set itself
+
+# DINO's two global views: the teacher sees only these; losses, heads, transforms and the trainer read it here.
+NUM_GLOBAL_CROPS = 2
 
 
 class ConfigError(ValueError):
@@ -171,21 +176,11 @@ def available_recipes() -> list[str]:
 
 
 def load(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Build a Config from a shipped recipe name or a YAML file, then apply `a.b=value` overrides."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"config {str(name_or_path)!r} not found: give a YAML file path or one of the shipped recipes "
-            f"{', '.join(available_recipes())}"
-        )
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, ...)")
+    """Build a Config from a shipped recipe name or a YAML file, then apply `a.b=value` overrides.
+
+    A recipe's `base:` chain is merged first (child wins key by key), so overrides beat every file.
+    """
+    raw = _merged(recipe_chain(name_or_path))
     for item in overrides or []:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -199,6 +194,96 @@ def load(name_or_path: str | Path, overrides: list[str] | None = None) -> Config
             raise ConfigError(f"{section!r} is a section, not a value")
         raw[section][leaf] = yaml.safe_load(text) if text.strip() else ""
     return from_dict(raw)
+
+
+def show(name_or_path: str | Path, overrides: list[str] | None = None) -> str:
+    """The resolved, validated config as YAML (what `save` writes), headed by the files it came from.
+
+    Inheritance hides values in base files; this is how to see what a run will actually use.
+    """
+    paths = recipe_chain(name_or_path)
+    names = [p.name if p.parent == CONFIG_DIR.resolve() else str(p) for p in paths]
+    header = f"# resolved from: {' -> '.join(names)}"
+    if len(paths) > 1:
+        header += " (each file extends the next)"
+    if overrides:
+        header += f"\n# overrides: {' '.join(overrides)}"
+    return f"{header}\n{_dump(load(name_or_path, overrides))}"
+
+
+def recipe_chain(name_or_path: str | Path) -> list[Path]:
+    """The recipe file and the files it inherits from through `base:`, the named file first.
+
+    A missing base or a cycle fails here, naming the files, before anything is merged.
+    """
+    chain = [_locate(name_or_path, named_by=None)]
+    while BASE_KEY in (raw := _read(chain[-1], base_of=chain[-2] if len(chain) > 1 else None)):
+        base = raw[BASE_KEY]
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{chain[-1]}: {BASE_KEY}: must name one shipped recipe or YAML file, got {base!r}")
+        path = _locate(base.strip(), named_by=chain[-1])
+        if path in chain:
+            loop = " -> ".join(str(p) for p in [*chain[chain.index(path):], path])
+            raise ConfigError(f"recipe inheritance cycle {loop}: remove the {BASE_KEY}: line that closes the loop")
+        chain.append(path)
+    return chain
+
+
+def _locate(name_or_path: str | Path, named_by: Path | None) -> Path:
+    """A recipe name (no suffix) is a shipped recipe; a relative base path is read from its naming file's folder."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    elif named_by is not None and not path.is_absolute():
+        path = named_by.parent / path
+    if path.is_file():
+        return path.resolve()
+    shipped = ", ".join(available_recipes())
+    if named_by is None:
+        raise ConfigError(
+            f"config {str(name_or_path)!r} not found: give a YAML file path or one of the shipped recipes {shipped}"
+        )
+    raise ConfigError(
+        f"{named_by}: {BASE_KEY} {str(name_or_path)!r} not found (looked for {path}): name one of the shipped "
+        f"recipes {shipped}, or a YAML file (a relative path is read from {named_by.parent})"
+    )
+
+
+def _read(path: Path, base_of: Path | None = None) -> dict[str, Any]:
+    """One recipe file's own mapping, as written; `base_of` names the file that inherits it, for errors."""
+    where = f"{path} (the {BASE_KEY} of {base_of})" if base_of else str(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections (model, data, optim, ...)")
+    return raw
+
+
+def _merged(chain: list[Path]) -> dict[str, Any]:
+    """Deep-merge the chain from its root down; each file is checked alone first so errors name it."""
+    merged: dict[str, Any] = {}
+    for path in reversed(chain):
+        # an empty section (`eval:`) sets nothing, so it must not wipe out the base's section
+        raw = {key: {} if value is None else value for key, value in _read(path).items() if key != BASE_KEY}
+        try:
+            _build(Config, raw, prefix="")  # unknown keys and wrong types, before merging hides the file
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        merged = _deep_merge(merged, raw)
+    return merged
+
+
+def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Child wins key by key inside mappings; any other value (lists included) replaces the base's whole."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
@@ -326,7 +411,7 @@ def _recipe_checks(cfg: Config) -> list[tuple[bool, str, str]]:
     m, loss, o = cfg.mask, cfg.loss, cfg.optim
     grid = cfg.data.global_crops_size // cfg.model.patch_size
     n_patches = grid * grid
-    teacher_samples = 2 * o.batch_size
+    teacher_samples = NUM_GLOBAL_CROPS * o.batch_size
     distilling = bool(cfg.distill.teacher_checkpoint)
     # patch targets per step: the masked patches, or (distillation without masks) every global-crop patch
     masked_patches = teacher_samples * n_patches * (m.probability * m.ratio[0] if m.enabled else 1)
@@ -339,7 +424,8 @@ def _recipe_checks(cfg: Config) -> list[tuple[bool, str, str]]:
          f"max {m.ratio[1]} of the {n_patches} patches of a global crop masks no patch at all; raise it"),
         (not m.enabled or grid >= 2, "mask", f"a {grid}x{grid} patch grid is too small for block masks"),
         (not m.enabled or round(m.probability * teacher_samples) >= 1, "mask.probability",
-         f"masks no image of the {teacher_samples} global crops per step (batch {o.batch_size} x 2); raise it"),
+         f"masks no image of the {teacher_samples} global crops per step "
+         f"(batch {o.batch_size} x {NUM_GLOBAL_CROPS}); raise it"),
         (loss.ibot_weight >= 0 and loss.dino_weight >= 0 and loss.koleo_weight >= 0, "loss weights",
          "must be >= 0"),
         (loss.ibot_weight == 0 or m.enabled or distilling, "loss.ibot_weight",
@@ -356,8 +442,9 @@ def _recipe_checks(cfg: Config) -> list[tuple[bool, str, str]]:
         (not sinkhorn or cfg.head.out_dim <= SINKHORN_MAX_PROTOTYPES_PER_SAMPLE * teacher_samples,
          "loss.centering",
          f"Sinkhorn-Knopp cannot balance head.out_dim={cfg.head.out_dim} prototypes over {teacher_samples} "
-         f"teacher outputs per step (batch {o.batch_size} x 2 global crops): raise optim.batch_size to "
-         f">= {-(-cfg.head.out_dim // (2 * SINKHORN_MAX_PROTOTYPES_PER_SAMPLE))}, lower head.out_dim, "
+         f"teacher outputs per step (batch {o.batch_size} x {NUM_GLOBAL_CROPS} global crops): "
+         "raise optim.batch_size to "
+         f">= {-(-cfg.head.out_dim // (NUM_GLOBAL_CROPS * SINKHORN_MAX_PROTOTYPES_PER_SAMPLE))}, lower head.out_dim, "
          "or use loss.centering=ema"),
         (not (sinkhorn and loss.ibot_weight > 0)
          or cfg.head.patch_out_dim <= SINKHORN_MAX_PROTOTYPES_PER_SAMPLE * masked_patches,
@@ -376,4 +463,9 @@ def _scale_ok(scale: tuple[float, float]) -> bool:
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    Path(path).write_text(_dump(cfg))
+
+
+def _dump(cfg: Config) -> str:
+    """Plain YAML in field order: the merged values only, never a `base:` line."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
