@@ -24,7 +24,7 @@ from dinolab.eval import (
 )
 from dinolab.eval.patch_probe import mean_iou
 from dinolab.eval.suite import add_report_section, markdown_tables
-from dinolab.train.checkpoint import atomic_save, load_checkpoint
+from dinolab.io import atomic_save, read_checkpoint
 
 CPU = resolve("cpu", "fp32")
 FAST = ["--device", "cpu", "--precision", "fp32", "--quiet", "--k", "1", "3", "--epochs", "2", "--budgets", "1/class",
@@ -180,7 +180,7 @@ def test_eval_bad_input_is_named(trained_run: Path, silhouette_dir: Path, tmp_pa
     err = error("knn", "--data", "fmnist", "--checkpoint", str(trained_run), "--fmnist-dir", str(bad_labels), *FAST)
     assert "36 images but 35 labels in the train split" in err
 
-    state = load_checkpoint(trained_run)
+    state = read_checkpoint(trained_run)
     state["teacher"] = {k: v for k, v in state["teacher"].items() if not k.startswith("backbone.")}
     headless = tmp_path / "no_backbone.pth"
     atomic_save(state, headless)

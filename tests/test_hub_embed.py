@@ -12,10 +12,11 @@ from conftest import random_rgb, save_image
 
 import dinolab.hub.embed as embed_module
 from dinolab.cli import main
+from dinolab.config import IMAGENET_MEAN, IMAGENET_STD
 from dinolab.data.datasets import ImageFolder
 from dinolab.device import resolve
 from dinolab.hub import dinov2_vits14, load_backbone, save_backbone
-from dinolab.hub.embed import IMAGENET_MEAN, IMAGENET_STD, embed_folder
+from dinolab.hub.embed import embed_folder
 
 N_IMAGES = 7
 FP32 = resolve("cpu", "fp32")

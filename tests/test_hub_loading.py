@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 from dinolab.hub import load_backbone, load_weights, save_backbone
 from dinolab.hub.loading import read_file
+from dinolab.io import CheckpointError
 from dinolab.models.vit import VisionTransformer
-from dinolab.train.checkpoint import CheckpointError
 
 DIM, DEPTH, HEADS = 64, 2, 2  # 64 wide: pass num_heads, the width is not one of the DINO family's
 
@@ -177,9 +177,12 @@ def test_hub_constructor_loads_an_official_file(tmp_path: Path) -> None:
 
 
 def test_dinolab_run_dir_and_checkpoint(trained_run: Path) -> None:
-    from dinolab.train.trainer import teacher_from_checkpoint
+    from dinolab.io import read_training_checkpoint
+    from dinolab.models.build import build_backbone
 
-    expected, _ = teacher_from_checkpoint(trained_run)
+    checkpoint = read_training_checkpoint(trained_run)
+    expected = build_backbone(checkpoint.config, drop_path_rate=0.0).eval()
+    expected.load_state_dict(checkpoint.backbone_weights())
     x = torch.randn(2, expected.in_chans, 28, 28)
     for source in (trained_run, trained_run / "checkpoint.pth"):
         model = load_backbone(source)
@@ -295,10 +298,10 @@ def test_load_model_gives_the_input_config(tmp_path: Path, trained_run: Path) ->
     """Evaluation and visualization load through load_model: a dinolab run brings its training config
     (normalization, crop size); released weights get ImageNet normalization at 224 px and their patch size."""
     from dinolab.hub import load_model
-    from dinolab.train.checkpoint import load_checkpoint
+    from dinolab.io import read_checkpoint
 
     ours = load_model(trained_run)
-    saved = load_checkpoint(trained_run / "checkpoint.pth")["config"]
+    saved = read_checkpoint(trained_run / "checkpoint.pth")["config"]
     assert ours.trained_here and ours.config.to_dict() == saved
     official = official_vit_state(patch=14, layerscale="dinov2")
     released = load_model(save(official, tmp_path / "dinov2_pretrain.pth"), num_heads=HEADS)

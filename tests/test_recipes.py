@@ -20,19 +20,13 @@ from dinolab import config as config_lib
 from dinolab.config import Config, ConfigError
 from dinolab.data.masking import BlockMasking
 from dinolab.device import resolve
+from dinolab.io import atomic_save, read_checkpoint, read_metrics
 from dinolab.losses import DINOLoss, IBOTPatchLoss, koleo_loss
-from dinolab.train import fit
-from dinolab.train.checkpoint import atomic_save, load_checkpoint
-from dinolab.train.monitor import read_metrics
+from dinolab.models.build import build_model
+from dinolab.train import StepSchedule, Trainer, fit
+from dinolab.train.monitor import warn_on_collapse
+from dinolab.train.optim import param_groups, scaled_lr
 from dinolab.train.schedules import cosine_schedule
-from dinolab.train.trainer import (
-    StepSchedule,
-    Trainer,
-    build_model,
-    param_groups,
-    scaled_lr,
-    warn_on_collapse,
-)
 
 CPU = resolve("cpu", "fp32")
 POS = "backbone.pos_embed"
@@ -261,11 +255,11 @@ def test_high_resolution_phase_resizes_the_position_embedding_and_nothing_else(
     lowres_checkpoint: tuple[Config, Path], tmp_path: Path
 ) -> None:
     cfg, path = lowres_checkpoint
-    saved = load_checkpoint(path)
+    saved = read_checkpoint(path)
     d = saved["student"][POS].shape[-1]
     assert saved["student"][POS].shape == (1, 17, d)
     trainer = Trainer(highres_config(cfg, tmp_path / "hr"), CPU)
-    trainer.load_state_dict(load_checkpoint(path), "test checkpoint")
+    trainer.load_state_dict(read_checkpoint(path), "test checkpoint")
 
     for model_key, model in (("student", trainer.student), ("teacher", trainer.teacher)):
         old, new = saved[model_key], model.state_dict()
@@ -315,7 +309,7 @@ def test_high_resolution_phase_trains_on_from_the_checkpoint(
     cfg_hr = highres_config(cfg, tmp_path / "hr")
     result = fit(cfg_hr, resume=path, quiet=True, max_iterations=1)
     iters = N_TRAIN // cfg.optim.batch_size
-    assert result.teacher.pos_embed.shape == (1, 37, result.teacher.embed_dim)
+    assert result.backbone.pos_embed.shape == (1, 37, result.backbone.embed_dim)
     records = read_metrics(cfg_hr.train.output_dir)
     assert [r["iteration"] for r in records] == [iters + 1]  # continues after the checkpoint's epoch
     assert math.isfinite(records[0]["loss"]) and "ibot_loss" in records[0]
@@ -354,7 +348,7 @@ def test_distillation_keeps_the_teacher_frozen_and_trains_the_student(
     assert frozen is not trainer.teacher and frozen is not trainer.student
     assert frozen.backbone.embed_dim == 384 and trainer.student.backbone.embed_dim == 192
     assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
-    assert_same_state(snapshot(frozen), load_checkpoint(small_teacher)["teacher"])  # the trained weights
+    assert_same_state(snapshot(frozen), read_checkpoint(small_teacher)["teacher"])  # the trained weights
 
     frozen_before, student_before, ema_before = snapshot(frozen), snapshot(trainer.student), snapshot(trainer.teacher)
     assert_same_state(student_before, ema_before)  # the EMA starts from the student, not from the frozen teacher
@@ -371,8 +365,8 @@ def test_distillation_keeps_the_teacher_frozen_and_trains_the_student(
     # the first step's loss is built from the frozen teacher's targets
     crops = random_crops(8, seed=0)
     with torch.no_grad():
-        t_out = frozen.forward_crops(crops[:2], torch.ones(16, 16, dtype=torch.bool), mask_input=False)
-        s_out = trainer.student.forward_crops(crops, torch.ones(16, 16, dtype=torch.bool), mask_input=False)
+        t_out = frozen.forward_crops(crops[:2], torch.ones(16, 16, dtype=torch.bool))
+        s_out = trainer.student.forward_crops(crops, torch.ones(16, 16, dtype=torch.bool))
         dino, _ = DINOLoss(64, centering="sinkhorn")(s_out.cls_logits, t_out.cls_logits, 0.04)
         ibot, _ = IBOTPatchLoss(64, centering="sinkhorn")(
             s_out.patch_logits, t_out.patch_logits, torch.ones(16, 16, dtype=torch.bool), 0.05)
@@ -508,7 +502,7 @@ def test_distillation_demo_recipe_runs_and_evaluates_the_students_ema(
     assert not cfg.mask.enabled
     result = fit(cfg, quiet=True, max_iterations=2)
     check_metrics(tmp_path / "run", {"ibot_loss", "koleo_loss", "ibot_teacher_entropy", "dino_loss"}, set(), n=2)
-    assert result.teacher.embed_dim == 192  # the ViT-Tiny student's EMA, not the ViT-Small teacher
+    assert result.backbone.embed_dim == 192  # the ViT-Tiny student's EMA, not the ViT-Small teacher
 
 
 def test_ibot_recipe_resume_is_bit_identical_to_an_uninterrupted_run(fmnist_dir: Path, tmp_path: Path) -> None:
@@ -523,7 +517,7 @@ def test_ibot_recipe_resume_is_bit_identical_to_an_uninterrupted_run(fmnist_dir:
     assert fit(cfg_b, quiet=True, max_iterations=iters).epochs_done == 1
     assert fit(cfg_b, resume=True, quiet=True).epochs_done == 2
 
-    a, b = (load_checkpoint(Path(c.train.output_dir) / "checkpoint.pth") for c in (cfg_a, cfg_b))
+    a, b = (read_checkpoint(Path(c.train.output_dir) / "checkpoint.pth") for c in (cfg_a, cfg_b))
     assert (a["epoch"], a["iteration"]) == (b["epoch"], b["iteration"]) == (2, 2 * iters)
     assert_same_state(a["student"], b["student"])
     assert_same_state(a["teacher"], b["teacher"])
@@ -574,7 +568,7 @@ def test_collapse_monitor_warns_for_cls_and_patch_targets(
     ]
     for metrics, expected in cases:
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="dinolab.train.trainer"):
+        with caplog.at_level(logging.WARNING, logger="dinolab.train.monitor"):
             warn_on_collapse(metrics, cfg)
         messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(messages) == len(expected), (metrics, messages)
@@ -594,5 +588,5 @@ def test_knn_monitor_logs_top1_every_knn_every_iterations(make_config) -> None:
     iters = N_TRAIN // cfg.optim.batch_size
     assert [r["iteration"] for r in records if "knn_top1" in r] == sorted({*range(2, iters + 1, 2), iters})
     assert all(0.0 <= r["knn_top1"] <= 100.0 for r in records if "knn_top1" in r)
-    for a, b in zip(with_knn.teacher.state_dict().values(), without.teacher.state_dict().values(), strict=True):
+    for a, b in zip(with_knn.backbone.state_dict().values(), without.backbone.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # the monitor uses no randomness and does not touch the models

@@ -14,14 +14,15 @@ from conftest import N_TRAIN, small_vit
 from torch import nn
 
 from dinolab import config as config_lib
+from dinolab.io import read_checkpoint, read_metrics
 from dinolab.losses.dino import DINOLoss
 from dinolab.models import DINOHead, MultiCropWrapper
+from dinolab.models.build import build_student_teacher
 from dinolab.train import NonFiniteLossError, fit
-from dinolab.train.checkpoint import load_checkpoint
 from dinolab.train.ema import EMATeacher
-from dinolab.train.monitor import collapse_warning, read_metrics
+from dinolab.train.monitor import collapse_warning
+from dinolab.train.optim import clip_gradients_per_parameter, param_groups
 from dinolab.train.schedules import cosine_schedule, teacher_temp_schedule
-from dinolab.train.trainer import build_student_teacher, clip_gradients_per_parameter, param_groups
 
 METRIC_KEYS = {"loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "kl", "img_per_s"}
 
@@ -144,7 +145,7 @@ def test_collapse_warning() -> None:
 
 
 def checkpoint_of(run_dir: Path) -> dict:
-    return load_checkpoint(Path(run_dir) / "checkpoint.pth")
+    return read_checkpoint(Path(run_dir) / "checkpoint.pth")
 
 
 def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -238,7 +239,7 @@ def check_resume_is_bit_identical(make_config) -> None:
     assert_same_state(a["teacher"], b["teacher"])
     assert torch.equal(a["dino_loss"]["center"], b["dino_loss"]["center"])
     assert_same_optimizer(a["optimizer"], b["optimizer"])
-    assert_same_state(result_a.teacher.state_dict(), second.teacher.state_dict())
+    assert_same_state(result_a.backbone.state_dict(), second.backbone.state_dict())
     # the logged losses agree step for step, before and after the resume
     assert losses(cfg_a.train.output_dir) == losses(cfg_b.train.output_dir)
     assert len(losses(cfg_a.train.output_dir)) == 2 * iters
@@ -260,7 +261,7 @@ def test_resume_end_to_end_without_work_arounds(make_config) -> None:
 def test_checkpoints_written_by_fit_load_weights_only(make_config) -> None:
     cfg = make_config("numpy_scalars", optim={"epochs": 1})
     fit(cfg, quiet=True)
-    state = load_checkpoint(Path(cfg.train.output_dir) / "checkpoint.pth")
+    state = read_checkpoint(Path(cfg.train.output_dir) / "checkpoint.pth")
     assert type(state["optimizer"]["param_groups"][0]["lr"]) is float
 
 
@@ -293,7 +294,7 @@ def test_resuming_a_finished_run_changes_nothing(trained_run: Path, tmp_path: Pa
     assert result.epochs_done == cfg.optim.epochs
     assert_same_state(before["teacher"], checkpoint_of(run)["teacher"])
     backbone = {k[len("backbone."):]: v for k, v in before["teacher"].items() if k.startswith("backbone.")}
-    assert_same_state(backbone, result.teacher.state_dict())
+    assert_same_state(backbone, result.backbone.state_dict())
 
 
 def test_explicit_resume_path_must_exist(make_config, tmp_path: Path) -> None:
@@ -390,7 +391,7 @@ def test_fit_with_dinov2_options(make_config) -> None:
     )
     result = fit(cfg, quiet=True)
     assert math.isfinite(result.last_metrics["loss"])
-    assert result.teacher.num_register_tokens == 2
+    assert result.backbone.num_register_tokens == 2
     student = checkpoint_of(cfg.train.output_dir)["student"]
     assert {"backbone.register_tokens", "backbone.blocks.0.ls1.gamma", "backbone.blocks.0.mlp.w12.weight"} <= set(
         student)
@@ -404,4 +405,4 @@ def test_fit_in_bf16_on_cpu(make_config) -> None:
     records = read_metrics(cfg.train.output_dir)
     assert len(records) == N_TRAIN // cfg.optim.batch_size
     assert all(math.isfinite(r["loss"]) for r in records)
-    assert result.teacher.pos_embed.dtype == torch.float32  # autocast, not a bf16 model
+    assert result.backbone.pos_embed.dtype == torch.float32  # autocast, not a bf16 model

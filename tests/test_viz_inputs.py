@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import save_image, tiny_config
 
-from dinolab.train.checkpoint import CheckpointError
-from dinolab.train.trainer import build_backbone
+from dinolab.io import CheckpointError
+from dinolab.models.build import build_backbone
 from dinolab.viz.inputs import VizModel, load_model, read_image, read_images
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from dinolab import config as config_lib
 from dinolab.config import ConfigError
-from dinolab.train.checkpoint import CheckpointError
+from dinolab.io import CheckpointError
 
 
 def _train(args: argparse.Namespace) -> None:
-    from dinolab.train.trainer import fit
+    from dinolab.train import fit
 
     overrides = list(args.overrides)
     if args.output_dir:
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     from dinolab.hub.export import MissingExtraError
-    from dinolab.train.trainer import NonFiniteLossError
+    from dinolab.train import NonFiniteLossError
 
     try:
         args.func(args)

@@ -21,6 +21,9 @@ BASE_KEY = "base"  # a recipe with `base: NAME_OR_PATH` inherits every key it do
 
 # DINO's two global views: the teacher sees only these; losses, heads, transforms and the trainer read it here.
 NUM_GLOBAL_CROPS = 2
+# The normalization the released DINO, iBOT and DINOv2 weights (and ImageNet recipes) expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ConfigError(ValueError):
@@ -66,8 +69,8 @@ class DataConfig:
     local_crops_scale: tuple[float, float] = (0.05, 0.4)
     color_jitter: bool = True  # official: brightness .4, contrast .4, saturation .2, hue .1 with p=0.8
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # Gaussian blur sigma range, in pixels of the crop
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     num_workers: int = 1
 
 

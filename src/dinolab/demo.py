@@ -15,8 +15,9 @@ from dinolab.data.loader import build_eval_dataset
 from dinolab.device import resolve
 from dinolab.eval.features import pixel_features
 from dinolab.eval.knn import knn, knn_classify
+from dinolab.models.build import build_backbone
+from dinolab.train import fit
 from dinolab.train.report import write_report
-from dinolab.train.trainer import build_backbone, fit
 from dinolab.viz.inputs import VizModel
 from dinolab.viz.silhouette import iou_markdown, silhouette_iou
 
@@ -75,7 +76,7 @@ def run_demo(cfg: Config, quiet: bool = False) -> dict[str, dict[int, dict[str, 
     torch.manual_seed(cfg.train.seed)
     results = {
         f"{method_name(cfg)} {cfg.model.arch}/{cfg.model.patch_size}, {result.epochs_done} epochs (EMA teacher)":
-            score(result.teacher),
+            score(result.backbone),
         "same architecture, random init": score(build_backbone(cfg, drop_path_rate=0.0)),
         "raw pixels": knn_classify(
             *pixel_features(train_ds, d.mean, d.std), *pixel_features(test_ds, d.mean, d.std), ks=ks,
@@ -89,7 +90,7 @@ def run_demo(cfg: Config, quiet: bool = False) -> dict[str, dict[int, dict[str, 
     )
     sections = {"k-NN evaluation": f"{note}\n\n{table}"}
     if cfg.data.dataset == "fmnist":  # garment silhouettes (pixels > 0) are the ground truth for the masks
-        sections["Do the masks find the garment?"] = mask_iou_section(result.teacher, cfg, test_ds)
+        sections["Do the masks find the garment?"] = mask_iou_section(result.backbone, cfg, test_ds)
     write_report(result.run_dir, cfg, sections=sections)
     serializable = {name: {str(k): v for k, v in r.items()} for name, r in results.items()}
     (result.run_dir / "knn.json").write_text(json.dumps(serializable, indent=1))

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from dinolab.config import DataConfig, MaskConfig
+from dinolab.config import NUM_GLOBAL_CROPS, DataConfig, MaskConfig
 from dinolab.data.datasets import FashionMNIST, ImageFolder, collate_images
 from dinolab.data.masking import BlockMasking
 from dinolab.data.transforms import MultiCropAugmentation, dino_crop_specs
@@ -63,7 +63,9 @@ class Batch(NamedTuple):
     crops: list[Tensor]  # global crops first, each (B, C, H, W)
     labels: Tensor
     skipped: int  # unreadable images left out of this batch
-    masks: Tensor | None  # (2B, patches) bool for the two global crops (view-major), if masking is on
+    # (NUM_GLOBAL_CROPS*B, patches) bool over the global crops (view-major), if masking is on: the patches
+    # the student sees as mask tokens and the iBOT loss scores
+    masks: Tensor | None
 
 
 class MultiCropBatches(Dataset):
@@ -94,7 +96,7 @@ class MultiCropBatches(Dataset):
             return Batch([], labels, skipped, None)
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF)
         crops = self.augmentation(images, g)
-        masks = self.masking(2 * len(images), g) if self.masking is not None else None
+        masks = self.masking(NUM_GLOBAL_CROPS * len(images), g) if self.masking is not None else None
         return Batch(crops, labels, skipped, masks)
 
 

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from dinolab.config import NUM_GLOBAL_CROPS
+
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
@@ -41,11 +43,14 @@ def dino_crop_specs(
     local_size: int,
     local_scale: tuple[float, float],
 ) -> list[CropSpec]:
-    """The DINO paper's views: 2 global (blur always / rarely + solarize), n local (blur half the time)."""
-    return [
+    """The DINO paper's views: NUM_GLOBAL_CROPS = 2 global (blur always / rarely + solarize), n local (blur
+    half the time)."""
+    global_specs = [
         CropSpec(global_size, global_scale, blur_prob=1.0),
         CropSpec(global_size, global_scale, blur_prob=0.1, solarize_prob=0.2),
-    ] + [CropSpec(local_size, local_scale, blur_prob=0.5) for _ in range(local_number)]
+    ]
+    assert len(global_specs) == NUM_GLOBAL_CROPS
+    return global_specs + [CropSpec(local_size, local_scale, blur_prob=0.5) for _ in range(local_number)]
 
 
 class MultiCropAugmentation:

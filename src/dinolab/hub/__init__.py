@@ -5,20 +5,7 @@ layouts, export (safetensors, ONNX) and folder embedding.
     model = dinolab.hub.load_backbone("any checkpoint, run dir or URL")     # architecture from the file
 """
 
-from dinolab.hub.convert import from_dinolab, to_dinolab
-from dinolab.hub.loading import (
-    LoadedModel,
-    LoadReport,
-    infer_vit_kwargs,
-    load_backbone,
-    load_model,
-    load_weights,
-    save_backbone,
-    vit_kwargs_of,
-)
-from dinolab.hub.specs import (
-    MODEL_SPECS,
-    ModelSpec,
+from dinolab.hub.constructors import (
     build,
     dino_resnet50,
     dino_vitb8,
@@ -37,6 +24,18 @@ from dinolab.hub.specs import (
     ibot_vitl16,
     ibot_vits16,
 )
+from dinolab.hub.convert import from_dinolab, to_dinolab
+from dinolab.hub.loading import (
+    LoadedModel,
+    LoadReport,
+    infer_vit_kwargs,
+    load_backbone,
+    load_model,
+    load_weights,
+    save_backbone,
+)
+from dinolab.hub.specs import MODEL_SPECS, ModelSpec
+from dinolab.models.build import vit_kwargs_of
 
 __all__ = [
     "MODEL_SPECS",

@@ -29,17 +29,17 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from dinolab.config import IMAGENET_MEAN, IMAGENET_STD
 from dinolab.data.datasets import ImageFolder
 from dinolab.data.transforms import normalize_uint8
 from dinolab.device import Runtime, resolve
 from dinolab.hub.export import require_export_extra
+from dinolab.io import atomic_path, atomic_write_text
 from dinolab.models.vit import VisionTransformer
 
 log = logging.getLogger(__name__)
 
 FEATURES = ("cls", "patch_mean")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _collate_keep_positions(samples: list[tuple[Tensor, int] | None]) -> tuple[Tensor, list[int], int]:
@@ -111,10 +111,8 @@ def embed_folder(
                     rows[[offset + i for i in positions]] = _features(model, x, features).float().cpu().numpy()
             offset += count
             bar.update(count)
-        tmp = part.with_name(f".{part.name}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(part) as tmp, open(tmp, "wb") as f:
             np.save(f, rows)
-        tmp.replace(part)
     bar.close()
     _merge(parts_dir, out, dataset.files, Path(folder), list(features), model.embed_dim)
     return out
@@ -134,7 +132,7 @@ def _prepare_parts(out: Path, files: list[Path], settings: dict, resume: bool) -
         else:
             log.info("resuming from %s", parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(json.dumps(manifest))
+    atomic_write_text(json.dumps(manifest), manifest_path)
     return parts_dir
 
 
@@ -144,11 +142,10 @@ def _merge(parts_dir: Path, out: Path, files: list[Path], root: Path, features: 
     if unreadable:
         log.warning("%d of %d images could not be read: their rows are NaN", unreadable, len(rows))
     paths = [str(f.relative_to(root)) for f in files]
-    tmp = out.with_name(f".{out.name}.tmp")
     if out.suffix == ".npy":
-        with open(tmp, "wb") as f:
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.save(f, rows)
-        out.with_name(out.name + ".paths.txt").write_text("\n".join(paths) + "\n")
+        atomic_write_text("\n".join(paths) + "\n", out.with_name(out.name + ".paths.txt"))
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -156,6 +153,6 @@ def _merge(parts_dir: Path, out: Path, files: list[Path], root: Path, features: 
         columns = {"path": pa.array(paths)}
         for i, name in enumerate(features):
             columns[name] = pa.array(list(rows[:, i * dim : (i + 1) * dim]), type=pa.list_(pa.float32()))
-        pq.write_table(pa.table(columns), tmp)
-    tmp.replace(out)
+        with atomic_path(out) as tmp:
+            pq.write_table(pa.table(columns), tmp)
     shutil.rmtree(parts_dir)

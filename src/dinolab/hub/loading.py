@@ -10,7 +10,6 @@ iBOT's teacher checkpoints do not have: it is then left at its initial value and
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -19,16 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from dinolab.config import Config
+from dinolab.config import Config, from_dict
 from dinolab.hub.convert import from_dinolab, to_dinolab
-from dinolab.hub.specs import build
+from dinolab.hub.specs import MODEL_SPECS, ModelSpec
+from dinolab.io import (
+    CheckpointError,
+    atomic_path,
+    atomic_save,
+    is_training_checkpoint,
+    load_state_strict,
+    read_checkpoint,
+    read_metadata,
+    short_list,
+)
+from dinolab.models.build import backbone_kwargs, vit_kwargs_of
 from dinolab.models.vit import VisionTransformer
-from dinolab.train.checkpoint import LATEST, CheckpointError, atomic_save, load_checkpoint, load_state_strict
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +76,8 @@ class LoadReport:
 def read_file(source: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     """The object stored in a checkpoint file, run dir or URL, and its safetensors metadata (else empty)."""
     if isinstance(source, str) and re.match(r"https?://", source):
-        path = _download(source)
-    else:
-        path = Path(source)
-        if path.is_dir():
-            path = path / LATEST
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} not found")
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return load_checkpoint(path), {}
+        source = _download(source)
+    return read_checkpoint(source), read_metadata(source)
 
 
 def _download(url: str) -> Path:
@@ -106,7 +99,7 @@ def backbone_state(obj: dict[str, Any], source: str, entry: str | None = None) -
         entry = next((k for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
     if entry is not None:
         if not isinstance(obj.get(entry), dict):
-            raise CheckpointError(f"{source} has no {entry!r} entry of weights; its entries: {_list(obj)}")
+            raise CheckpointError(f"{source} has no {entry!r} entry of weights; its entries: {short_list(obj)}")
         obj = obj[entry]
     if any(k.startswith("teacher.") for k in obj):
         obj = {k.removeprefix("teacher."): v for k, v in obj.items() if k.startswith("teacher.")}
@@ -114,14 +107,9 @@ def backbone_state(obj: dict[str, Any], source: str, entry: str | None = None) -
     if others or not obj:
         raise CheckpointError(
             f"{source}: {'entry ' + repr(entry) if entry else 'the file'} is not a dict of tensors "
-            f"(non-tensor entries: {_list(others) or 'none, it is empty'}); pass the entry holding the weights"
+            f"(non-tensor entries: {short_list(others) or 'none, it is empty'}); pass the entry holding the weights"
         )
     return obj, entry
-
-
-def _list(keys: Any, limit: int = 8) -> str:
-    keys = sorted(keys)
-    return ", ".join(map(str, keys[:limit])) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 def load_weights(model: nn.Module, source: str | Path, entry: str | None = None) -> LoadReport:
@@ -154,7 +142,7 @@ def infer_vit_kwargs(state: dict[str, Tensor], layout: str = "dinov2", num_heads
         hint = " (a ResNet-50? use dinolab.hub.dino_resnet50(weights=...))" if "conv1.weight" in state else ""
         raise CheckpointError(
             f"not a ViT backbone{hint}: {', '.join(k for k in needed if k not in state)} missing; "
-            f"its keys: {_list(state)}"
+            f"its keys: {short_list(state)}"
         )
     dim = state["cls_token"].shape[-1]
     num_heads = num_heads or HEADS_BY_WIDTH.get(dim)
@@ -205,10 +193,10 @@ def _load(
     obj, metadata = read_file(source)
     state, entry = backbone_state(obj, str(source), entry)
     if arch is not None:
-        model = build(arch, **kwargs)
+        model = VisionTransformer(**{**spec(arch).vit_kwargs(), **kwargs})
     else:
-        if "config" in obj:  # a dinolab training checkpoint: the architecture it was trained with
-            vit_kwargs = vit_kwargs_of(_backbone_of_config(obj["config"]))
+        if is_training_checkpoint(obj):  # a dinolab training checkpoint: the architecture it was trained with
+            vit_kwargs = backbone_kwargs(from_dict(obj["config"]), drop_path_rate=0.0)
         elif ARCH_METADATA_KEY in metadata:
             vit_kwargs = json.loads(metadata[ARCH_METADATA_KEY])
         else:
@@ -233,45 +221,21 @@ class LoadedModel:
 def load_model(source: str | Path, arch: str | None = None, entry: str | None = None, **kwargs: Any) -> LoadedModel:
     """The one loader evaluation and visualization use: any checkpoint `load_backbone` reads (same
     arguments), with the normalization and image size to feed it."""
-    from dinolab import config as config_lib
-
     model, obj = _load(source, arch, entry, **kwargs)
-    if "config" in obj:
-        return LoadedModel(model, config_lib.from_dict(obj["config"]), trained_here=True)
-    cfg = config_lib.Config()
+    if is_training_checkpoint(obj):
+        return LoadedModel(model, from_dict(obj["config"]), trained_here=True)
+    cfg = Config()
     cfg.model.patch_size, cfg.model.in_chans = model.patch_size, model.in_chans
     if model.in_chans != len(cfg.data.mean):
         cfg.data.mean, cfg.data.std = (0.5,) * model.in_chans, (0.5,) * model.in_chans
     return LoadedModel(model, cfg, trained_here=False)
 
 
-def _backbone_of_config(raw_config: dict[str, Any]) -> VisionTransformer:
-    from dinolab import config as config_lib
-    from dinolab.train.trainer import build_backbone
-
-    return build_backbone(config_lib.from_dict(raw_config), drop_path_rate=0.0)
-
-
-def vit_kwargs_of(model: VisionTransformer) -> dict[str, Any]:
-    """The constructor arguments that rebuild `model`'s architecture (recorded in exported files)."""
-    block = model.blocks[0]
-    ls = getattr(block.ls1, "gamma", None)
-    ffn = "swiglu" if hasattr(block.mlp, "w12") else "mlp"
-    return dict(
-        img_size=math.isqrt(model.pos_embed.shape[1] - 1) * model.patch_size,
-        patch_size=model.patch_size,
-        in_chans=model.in_chans,
-        embed_dim=model.embed_dim,
-        depth=len(model.blocks),
-        num_heads=model.num_heads,
-        mlp_ratio=(block.mlp.fc1.out_features / model.embed_dim) if ffn == "mlp" else 4.0,
-        qkv_bias=block.attn.qkv.bias is not None,
-        layerscale_init=1e-5 if ls is not None else None,
-        ffn=ffn,
-        num_register_tokens=model.num_register_tokens,
-        interpolate_offset=model.interpolate_offset,
-        interpolate_antialias=model.interpolate_antialias,
-    )
+def spec(name: str) -> ModelSpec:
+    """The released architecture `name` (a key of MODEL_SPECS)."""
+    if name not in MODEL_SPECS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_SPECS)}")
+    return MODEL_SPECS[name]
 
 
 def save_backbone(model: VisionTransformer, path: str | Path, layout: str = "dinov2") -> Path:
@@ -283,14 +247,10 @@ def save_backbone(model: VisionTransformer, path: str | Path, layout: str = "din
     path = Path(path)
     state = from_dinolab(model.state_dict(), layout)
     if path.suffix != ".safetensors":
-        atomic_save(state, path)
-        return path
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+        return atomic_save(state, path)
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={ARCH_METADATA_KEY: json.dumps(vit_kwargs_of(model)), "layout": layout})
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 

@@ -7,12 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dinolab.config import NUM_GLOBAL_CROPS
 from dinolab.losses.centering import TeacherTargetLoss, entropy
 
 
 class DINOLoss(TeacherTargetLoss):
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, teacher_temp: float, n_global: int = 2
+        self, student_logits: Tensor, teacher_logits: Tensor, teacher_temp: float, n_global: int = NUM_GLOBAL_CROPS
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """student_logits: (n_crops*B, K), crops stacked view by view, global views first;
         teacher_logits: (n_global*B, K). Returns the loss and collapse statistics; updates the center.

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dinolab.config import NUM_GLOBAL_CROPS
+
 
 class WeightNormLinear(nn.Module):
     """Bias-free linear layer with weight normalization w = g * v / ||v|| per output row.
@@ -62,12 +64,12 @@ class DINOHead(nn.Module):
 class CropOutputs:
     cls_tokens: Tensor  # (n_crops*B, D) the backbone's normalized [CLS] tokens (KoLeo uses them)
     cls_logits: Tensor  # (n_crops*B, K) the [CLS] head's output, crops stacked view by view
-    patch_logits: Tensor | None  # (M, K_patch) the patch head's output for the M masked patches, if asked
+    patch_logits: Tensor | None  # (M, K_patch) the patch head's output for the M scored patches, if asked
 
 
 class MultiCropWrapper(nn.Module):
     """Backbone + [CLS] head (+ iBOT patch head) over a list of crops; crops of one resolution go
-    through the backbone together. The first resolution group is the global crops, which masks refer to."""
+    through the backbone together. The first resolution group is the global crops, which scored patches refer to."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, patch_head: nn.Module | None = None, shared_head=False):
         super().__init__()
@@ -80,10 +82,14 @@ class MultiCropWrapper(nn.Module):
         """[CLS] logits of every crop (the DINO setting)."""
         return self.forward_crops(crops).cls_logits
 
-    def forward_crops(self, crops: list[Tensor], masks: Tensor | None = None, mask_input: bool = True) -> CropOutputs:
-        """masks: (n_global*B, patches) bool for the global crops. The student sees them masked
-        (`mask_input=True`); the teacher sees the crops whole and reports its logits at the same patches."""
-        n_global = 2 if masks is not None else len(crops)  # masks cover the global crops' group only
+    def forward_crops(
+        self, crops: list[Tensor], scored_patches: Tensor | None = None, hide_scored: bool = False
+    ) -> CropOutputs:
+        """`scored_patches`: (NUM_GLOBAL_CROPS*B, patches) bool over the global crops, the patches the iBOT
+        loss reads; their logits come back in `patch_logits`. `hide_scored`: the backbone sees those
+        patches replaced by the mask token (the student under iBOT's masks); False: it sees the crops
+        whole (the teacher, and distillation, which scores every patch of unmasked crops)."""
+        n_global = NUM_GLOBAL_CROPS if scored_patches is not None else len(crops)  # patches refer to that group
         groups, start = [], 0
         while start < len(crops):
             end = start + 1
@@ -93,10 +99,10 @@ class MultiCropWrapper(nn.Module):
             start = end
         cls_tokens, patch_logits = [], None
         for i, x in enumerate(groups):
-            if i == 0 and masks is not None:
-                out = self.backbone.forward_features(x, masks if mask_input else None)
+            if i == 0 and scored_patches is not None:
+                out = self.backbone.forward_features(x, scored_patches if hide_scored else None)
                 patch_head = self.head if self.shared_head else self.patch_head
-                patch_logits = patch_head(out["x_norm_patchtokens"][masks])
+                patch_logits = patch_head(out["x_norm_patchtokens"][scored_patches])
                 cls_tokens.append(out["x_norm_clstoken"])
             else:
                 cls_tokens.append(self.backbone(x))

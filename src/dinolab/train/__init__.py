@@ -1,5 +1,8 @@
-"""Training: the DINO loop, schedules, EMA teacher, checkpoints, metrics and report."""
+"""Training: `fit` (the loop, fit.py), the `Trainer` (one step, trainer.py), optimizer and schedules, the EMA
+teacher, distillation, the high-resolution phase, the monitor (metrics, k-NN, collapse) and the report."""
 
-from dinolab.train.trainer import FitResult, NonFiniteLossError, build_backbone, fit, teacher_from_checkpoint
+from dinolab.train.fit import FitResult, fit
+from dinolab.train.schedules import StepSchedule
+from dinolab.train.trainer import NonFiniteLossError, Trainer
 
-__all__ = ["FitResult", "NonFiniteLossError", "build_backbone", "fit", "teacher_from_checkpoint"]
+__all__ = ["FitResult", "NonFiniteLossError", "StepSchedule", "Trainer", "fit"]

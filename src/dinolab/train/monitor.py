@@ -1,11 +1,27 @@
-"""Run metrics: metrics.jsonl (one JSON object per logged step), TensorBoard, and the collapse check."""
+"""Watching a run: metrics.jsonl and TensorBoard, the k-NN learning curve and the collapse check.
+
+`TrainingMonitor.after_step` is the one call the training loop makes per iteration; it decides when to
+log, measures throughput over the logging window, runs the k-NN check on its schedule and warns on collapse.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import time
 from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.data import Subset
+
+from dinolab.config import Config
+from dinolab.data.loader import build_eval_dataset
+from dinolab.device import Runtime
+from dinolab.eval.knn import knn
+from dinolab.io import METRICS, read_metrics
+from dinolab.train.schedules import StepSchedule
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +31,7 @@ class MetricsLog:
     from an earlier checkpoint), so every iteration appears once."""
 
     def __init__(self, run_dir: str | Path, start_iteration: int = 0, tensorboard: bool = True):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS
         kept = [json.dumps(r) + "\n" for r in read_metrics(run_dir) if r["iteration"] <= start_iteration]
         self.path.write_text("".join(kept))
         self.file = self.path.open("a")
@@ -40,11 +56,69 @@ class MetricsLog:
             self.writer.close()
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+class KNNMonitor:
+    """Weighted k-NN top-1 (k=20) of the teacher on a fixed slice of the labeled data, during training:
+    the learning curve the DINO paper plots. Deterministic and RNG-free, so resumed runs stay identical."""
+
+    def __init__(self, cfg: Config, runtime: Runtime):
+        train = build_eval_dataset(cfg.data, cfg.model.in_chans, "train", cfg.data.path)
+        test = build_eval_dataset(cfg.data, cfg.model.in_chans, "test", cfg.eval.test_path, classes=train.classes)
+        self.train = Subset(train, range(min(cfg.eval.knn_monitor_train, len(train))))
+        self.test = Subset(test, range(min(cfg.eval.knn_monitor_test, len(test))))
+        self.cfg, self.runtime = cfg, runtime
+
+    def __call__(self, model: nn.Module) -> float:
+        d, e = self.cfg.data, self.cfg.eval
+        scores = knn(model, self.train, self.test, 20, e.knn_temperature, d.mean, d.std, e.batch_size, self.runtime,
+                     quiet=True)
+        return scores[20]["top1"]
+
+
+class TrainingMonitor:
+    """Per-iteration bookkeeping of `fit`: which steps are logged, img/s over the window since the last log
+    line, the k-NN check (every `eval.knn_every` iterations and at epoch ends) and collapse warnings."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, run_dir: Path, iters_per_epoch: int, start_iteration: int):
+        self.cfg, self.iters_per_epoch = cfg, iters_per_epoch
+        self.metrics = MetricsLog(run_dir, start_iteration=start_iteration)
+        self.knn = KNNMonitor(cfg, runtime) if cfg.eval.knn_every else None
+        self.last: dict[str, float] = {}
+        self._window_start, self._window_images = time.perf_counter(), 0
+
+    def after_step(
+        self, iteration: int, loss: Tensor, stats: dict[str, Tensor], schedule: StepSchedule, images: int,
+        evaluated: nn.Module,
+    ) -> dict[str, float] | None:
+        """Account for a finished step (`iteration` counts it); returns the record when this step is logged."""
+        self._window_images += images
+        end_of_epoch = iteration % self.iters_per_epoch == 0
+        check_knn = self.knn is not None and (iteration % self.cfg.eval.knn_every == 0 or end_of_epoch)
+        if not (iteration % self.cfg.train.log_every == 0 or end_of_epoch or check_knn):
+            return None
+        elapsed = time.perf_counter() - self._window_start
+        record: dict[str, Any] = {
+            "iteration": iteration,
+            "epoch": iteration / self.iters_per_epoch,
+            "loss": loss.item(),
+            "lr": schedule.lr,
+            "wd": schedule.weight_decay,
+            "momentum": schedule.momentum,
+            "teacher_temp": schedule.teacher_temp,
+            **({"ibot_teacher_temp": schedule.ibot_teacher_temp} if self.cfg.loss.ibot_weight > 0 else {}),
+            **{k: v.item() for k, v in stats.items()},
+            "img_per_s": self._window_images / max(elapsed, 1e-9),
+        }
+        if check_knn:
+            record["knn_top1"] = self.knn(evaluated)
+        self.metrics.write(record)
+        self.last = record
+        if iteration > self.iters_per_epoch:  # targets are still forming during the first epoch
+            warn_on_collapse(record, self.cfg)
+        self._window_start, self._window_images = time.perf_counter(), 0
+        return record
+
+    def close(self) -> None:
+        self.metrics.close()
 
 
 def collapse_warning(teacher_entropy: float, num_prototypes: int) -> str | None:
@@ -63,3 +137,14 @@ def collapse_warning(teacher_entropy: float, num_prototypes: int) -> str | None:
             "loss.warmup_teacher_temp), raise optim.momentum_teacher, check the data are not constant."
         )
     return None
+
+
+def warn_on_collapse(metrics: dict[str, float], cfg: Config) -> None:
+    """The collapse monitor, for the [CLS] targets and (iBOT) the patch targets."""
+    warning = collapse_warning(metrics["teacher_entropy"], cfg.head.out_dim)
+    if warning:
+        log.warning("[CLS] targets: %s", warning)
+    if "ibot_teacher_entropy" in metrics:
+        warning = collapse_warning(metrics["ibot_teacher_entropy"], cfg.head.patch_out_dim)
+        if warning:
+            log.warning("iBOT patch targets: %s", warning)

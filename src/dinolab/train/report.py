@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dinolab.config import Config
-from dinolab.train.monitor import read_metrics
+from dinolab.config import NUM_GLOBAL_CROPS, Config
+from dinolab.io import read_metrics
 from dinolab.viz.curves import save_curves
 
 
@@ -19,7 +19,7 @@ def write_report(
     lines += [
         f"- model: {cfg.model.arch}/{cfg.model.patch_size}, {cfg.model.in_chans} channel(s), "
         f"{cfg.head.out_dim} prototypes",
-        f"- data: {cfg.data.dataset} {cfg.data.path or ''}, 2 x {cfg.data.global_crops_size}px + "
+        f"- data: {cfg.data.dataset} {cfg.data.path or ''}, {NUM_GLOBAL_CROPS} x {cfg.data.global_crops_size}px + "
         f"{cfg.data.local_crops_number} x {cfg.data.local_crops_size}px crops",
         f"- optimization: {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, base lr {cfg.optim.lr}",
     ]

@@ -1,8 +1,13 @@
-"""Per-iteration schedules: linear warm-up then cosine, as in the DINO code."""
+"""Per-iteration schedules (linear warm-up then cosine, as in the DINO code) and the values of one step."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from dinolab.config import Config
+from dinolab.train.optim import scaled_lr
 
 
 def cosine_schedule(
@@ -21,3 +26,42 @@ def teacher_temp_schedule(warmup_temp: float, final_temp: float, warmup_epochs: 
     """Per-epoch teacher temperature: linear warm-up, then constant."""
     warmup = np.linspace(warmup_temp, final_temp, warmup_epochs)
     return np.concatenate((warmup, np.full(max(epochs - warmup_epochs, 0), final_temp)))[:epochs]
+
+
+@dataclass
+class StepSchedule:
+    """The scheduled values for one iteration."""
+
+    lr: float
+    weight_decay: float
+    momentum: float  # EMA momentum of the teacher (of the student's EMA, in distillation)
+    teacher_temp: float
+    ibot_teacher_temp: float = 0.07
+    train_last_layer: bool = True  # False while the prototypes are kept fixed (first epoch of DINO)
+
+
+class Schedules:
+    """Every schedule of a run, computed once for all its iterations: `at(iteration)` gives one step's values."""
+
+    def __init__(self, cfg: Config, iters_per_epoch: int):
+        o, loss = cfg.optim, cfg.loss
+        self.iters_per_epoch = iters_per_epoch
+        lr_peak = scaled_lr(o.lr, o.batch_size, o.lr_scaling)
+        self.lr = cosine_schedule(lr_peak, o.min_lr, o.epochs, iters_per_epoch, o.warmup_epochs)
+        self.wd = cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, iters_per_epoch)
+        self.momentum = cosine_schedule(o.momentum_teacher, o.momentum_teacher_end, o.epochs, iters_per_epoch)
+        self.teacher_temp = teacher_temp_schedule(
+            loss.warmup_teacher_temp, loss.teacher_temp, loss.warmup_teacher_temp_epochs, o.epochs
+        )
+        self.ibot_teacher_temp = teacher_temp_schedule(
+            loss.ibot_warmup_teacher_temp, loss.ibot_teacher_temp, loss.warmup_teacher_temp_epochs, o.epochs
+        )
+        self.freeze_last_layer_iters = round(o.freeze_last_layer_epochs * iters_per_epoch)
+
+    def at(self, iteration: int) -> StepSchedule:
+        epoch = iteration // self.iters_per_epoch
+        return StepSchedule(
+            float(self.lr[iteration]), float(self.wd[iteration]), float(self.momentum[iteration]),
+            float(self.teacher_temp[epoch]), float(self.ibot_teacher_temp[epoch]),
+            train_last_layer=iteration >= self.freeze_last_layer_iters,
+        )

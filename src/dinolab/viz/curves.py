@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dinolab.train.monitor import read_metrics
+from dinolab.io import read_metrics
 from dinolab.viz.figures import new_figure
 
 # metrics.jsonl key -> panel title, in the order the panels appear

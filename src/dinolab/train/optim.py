@@ -1,0 +1,75 @@
+"""The optimizer side of training: AdamW parameter groups (no decay on vectors, layer-wise lr decay), the
+learning-rate scaling rule, and DINO's per-parameter gradient clipping."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from dinolab.config import OptimConfig
+from dinolab.device import Runtime
+from dinolab.models.heads import MultiCropWrapper
+
+
+def param_groups(model: MultiCropWrapper, layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norm/scale vectors (1-d parameters), as in DINO;
+    with DINOv2's layer-wise lr decay, block i of n gets lr_scale = decay**(n - i), the embeddings
+    decay**(n + 1) (times `patch_embed_lr_mult` for the patch embedding) and the heads 1."""
+    n_blocks = len(model.backbone.blocks)
+    groups: dict[tuple[bool, float], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        apply_wd = not (p.ndim <= 1 or name.endswith(".bias"))
+        scale = layer_decay ** (n_blocks + 1 - _layer_id(name, n_blocks))
+        if name.startswith("backbone.patch_embed."):
+            scale *= patch_embed_lr_mult
+        group = groups.setdefault(
+            (apply_wd, scale),
+            {"params": [], "apply_wd": apply_wd, "lr_scale": scale, **({} if apply_wd else {"weight_decay": 0.0})},
+        )
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def _layer_id(name: str, n_blocks: int) -> int:
+    """0 for the embeddings and tokens, i + 1 for block i, n_blocks + 1 for the final norm and the heads."""
+    if not name.startswith("backbone.") or name.startswith("backbone.norm."):
+        return n_blocks + 1
+    if name.startswith("backbone.blocks."):
+        return int(name.split(".")[2]) + 1
+    return 0
+
+
+def make_optimizer(model: MultiCropWrapper, cfg: OptimConfig, runtime: Runtime) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; fused on CUDA, foreach on CPU. The lr and wd are set every step."""
+    groups = param_groups(model, cfg.layer_decay, cfg.patch_embed_lr_mult)
+    kernel = {"fused": True} if runtime.device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, **kernel)
+
+
+def set_lr_and_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
+    """This iteration's values, times each group's lr_scale; weight decay only where it applies."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+        if group["apply_wd"]:
+            group["weight_decay"] = weight_decay
+
+
+def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
+    """The peak lr for a batch size: DINO/iBOT scale linearly from batch 256, DINOv2 by sqrt from 1024."""
+    return lr * batch_size / 256 if rule == "linear" else lr * math.sqrt(batch_size / 1024)
+
+
+@torch.no_grad()
+def clip_gradients_per_parameter(params: list[nn.Parameter], max_norm: float) -> None:
+    """Scale each parameter's gradient to norm <= max_norm separately (DINO's clipping), in one fused pass."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+    torch._foreach_mul_(grads, scales)
