@@ -40,6 +40,7 @@ test: install $(CHROMIUM)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/train_step.py
