@@ -17,7 +17,7 @@ from dinolab.eval import (
     PROTOCOLS,
     Evaluation,
     PixelBaseline,
-    load_backbone,
+    model_to_evaluate,
     patch_probe,
     run_all,
     silhouette_patch_labels,
@@ -28,7 +28,14 @@ from dinolab.io import atomic_save, read_checkpoint
 
 CPU = resolve("cpu", "fp32")
 FAST = ["--device", "cpu", "--precision", "fp32", "--quiet", "--k", "1", "3", "--epochs", "2", "--budgets", "1/class",
-        "--seeds", "0", "1", "--restarts", "2", "--c-grid", "0.1", "10", "--patch-train-images", "24"]
+        "--seeds", "0", "1", "--restarts", "2", "--c-grid", "0.1", "10", "--patch-train-images", "24"]  # eval all
+FAST_OPTIONS = {"knn": ["--k", "1", "3"], "lowshot": ["--budgets", "1/class", "--seeds", "0", "1"],
+                "cluster": ["--restarts", "2"]}
+
+
+def fast(protocol: str) -> list[str]:
+    """FAST for one protocol, which takes only its own options."""
+    return [*FAST[:5], *FAST_OPTIONS[protocol]]
 
 
 def silhouette_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,14 +125,14 @@ def test_report_section_is_appended_once_and_replaced(tmp_path: Path) -> None:
     assert text == "# run\n\n## k-NN evaluation\n\ntable\n\n## Evaluation suite\n\nsecond\n"
 
 
-def test_load_backbone_kinds(trained_run: Path) -> None:
-    trained, cfg = load_backbone(trained_run)
-    random_init, _ = load_backbone(trained_run / "checkpoint.pth", "random-init")
-    pixels, _ = load_backbone(trained_run, "pixels")
+def test_model_to_evaluate_kinds(trained_run: Path) -> None:
+    trained, cfg = model_to_evaluate(trained_run)
+    random_init, _ = model_to_evaluate(trained_run / "checkpoint.pth", "random-init")
+    pixels, _ = model_to_evaluate(trained_run, "pixels")
     assert type(trained) is type(random_init) and not torch.equal(trained.cls_token, random_init.cls_token)
     assert isinstance(pixels, PixelBaseline) and pixels.patch_size == cfg.model.patch_size
     with pytest.raises(ValueError, match="model kind must be one of"):
-        load_backbone(trained_run, "imagenet")
+        model_to_evaluate(trained_run, "imagenet")
 
 
 # ---------------------------------------------------------------- the command line
@@ -154,7 +161,7 @@ def test_eval_one_protocol_to_a_file_with_train_and_test(trained_run: Path, silh
     out = tmp_path / "cluster.json"
     code = main(["eval", "cluster", "--checkpoint", str(trained_run / "checkpoint.pth"), "--train", "fmnist",
                  "--test", "fmnist", "--fmnist-dir", str(silhouette_dir), "--out", str(out), "--cache-dir",
-                 str(tmp_path / "cache"), *FAST])
+                 str(tmp_path / "cache"), *fast("cluster")])
     assert code == 0, capsys.readouterr().err
     assert set(json.loads(out.read_text())) >= {"accuracy", "nmi", "ari", "seconds"}
     assert len(list((tmp_path / "cache").iterdir())) == 2  # train and test features
@@ -165,24 +172,27 @@ def test_eval_bad_input_is_named(trained_run: Path, silhouette_dir: Path, tmp_pa
         assert main(["eval", *args]) == 1
         return capsys.readouterr().err
 
-    base = ["--checkpoint", str(trained_run), "--fmnist-dir", str(silhouette_dir), *FAST]
-    assert "--data fmnist|FOLDER, or both --train DATA and --test DATA" in error("knn", *base)
+    base = ["--checkpoint", str(trained_run), "--fmnist-dir", str(silhouette_dir)]
+    assert "--data fmnist|FOLDER, or both --train DATA and --test DATA" in error("knn", *base, *fast("knn"))
     assert "fewer than the low-shot budget of 30 per class" in error("lowshot", "--data", "fmnist", *base,
-                                                                     "--budgets", "30/class")
-    assert "k=50 is larger than the 36 training images" in error("knn", "--data", "fmnist", *base, "--k", "50")
-    assert "--out FILE.json takes one protocol" in error("all", "--data", "fmnist", *base, "--out", "x.json")
+                                                                     *fast("lowshot"), "--budgets", "30/class")
+    assert "k=50 is larger than the 36 training images" in error("knn", "--data", "fmnist", *base, *fast("knn"),
+                                                                 "--k", "50")
+    assert "--out FILE.json takes one protocol" in error("all", "--data", "fmnist", *base, *FAST, "--out", "x.json")
 
     bad_labels = tmp_path / "bad_labels"
     bad_labels.mkdir()
     for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (bad_labels / name).write_bytes((silhouette_dir / name).read_bytes())
     write_idx(bad_labels / "train-labels-idx1-ubyte", np.zeros(35, dtype=np.uint8))
-    err = error("knn", "--data", "fmnist", "--checkpoint", str(trained_run), "--fmnist-dir", str(bad_labels), *FAST)
+    err = error("knn", "--data", "fmnist", "--checkpoint", str(trained_run), "--fmnist-dir", str(bad_labels),
+                *fast("knn"))
     assert "36 images but 35 labels in the train split" in err
 
     state = read_checkpoint(trained_run)
     state["teacher"] = {k: v for k, v in state["teacher"].items() if not k.startswith("backbone.")}
     headless = tmp_path / "no_backbone.pth"
     atomic_save(state, headless)
-    err = error("knn", "--data", "fmnist", "--checkpoint", str(headless), "--fmnist-dir", str(silhouette_dir), *FAST)
+    err = error("knn", "--data", "fmnist", "--checkpoint", str(headless), "--fmnist-dir", str(silhouette_dir),
+                *fast("knn"))
     assert "entry 'teacher'" in err and "missing" in err  # names the entry and what a backbone needs

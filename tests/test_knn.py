@@ -1,4 +1,4 @@
-"""Evaluation: weighted k-NN on known feature geometries, and feature extraction."""
+"""Evaluation: weighted k-NN on known feature geometries, and the image embeddings it reads."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import N_TEST, N_TRAIN, random_rgb, save_image, small_vit
-from torch import nn
 
 from dinolab.data import FashionMNIST, ImageFolder
 from dinolab.device import resolve
-from dinolab.eval import extract_features, knn, knn_classify, pixel_features
+from dinolab.eval import PixelBaseline, extract_tokens, knn, knn_classify
 
 CPU = resolve("cpu", "fp32")
 
@@ -107,37 +106,54 @@ def test_knn_errors() -> None:
         knn_classify(f, torch.full((10,), -1), f, y, ks=(1,))
 
 
-# ---------------------------------------------------------------- feature extraction
+# ---------------------------------------------------------------- the embeddings k-NN reads
 
 
-def test_extract_features_shapes_and_values(fmnist_dir: Path) -> None:
+def embeddings(model: torch.nn.Module, dataset, mean, std, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `knn` classifies: the last block's [CLS] of `extract_tokens`, and the labels."""
+    tokens = extract_tokens(model, dataset, mean, std, n_blocks=1, runtime=CPU, quiet=True, **kwargs)
+    return tokens.embedding, tokens.labels
+
+
+def test_embeddings_shapes_and_values(fmnist_dir: Path) -> None:
     ds = FashionMNIST(fmnist_dir, "test")
     model = small_vit().eval()
-    feats, labels = extract_features(model, ds, (0.3,), (0.35,), batch_size=7, runtime=CPU, quiet=True)
+    feats, labels = embeddings(model, ds, (0.3,), (0.35,), batch_size=7)
     assert feats.shape == (N_TEST, 32) and feats.dtype == torch.float32
     assert torch.equal(labels, ds.labels)
     with torch.no_grad():
         expected = model((ds.images.float() / 255 - 0.3) / 0.35)
     torch.testing.assert_close(feats, expected, atol=1e-5, rtol=1e-4)
-    one_batch, _ = extract_features(model, ds, (0.3,), (0.35,), batch_size=64, runtime=CPU, quiet=True)
+    one_batch, _ = embeddings(model, ds, (0.3,), (0.35,), batch_size=64)
     torch.testing.assert_close(feats, one_batch, atol=1e-5, rtol=1e-4)
 
 
-def test_extract_features_skips_unreadable_images(tmp_path: Path) -> None:
+def test_embeddings_are_the_forward_output_to_the_bit(fmnist_dir: Path) -> None:
+    """k-NN reads get_intermediate_layers' last [CLS]: the same numbers as forward(), which k-NN read before."""
+    ds = FashionMNIST(fmnist_dir, "test")
+    model = small_vit().eval()
+    feats, _ = embeddings(model, ds, (0.3,), (0.35,), batch_size=7)
+    x = (ds.images.float() / 255 - 0.3) / 0.35
+    with torch.no_grad():
+        expected = torch.cat([model(x[i : i + 7]) for i in range(0, len(x), 7)])
+    assert torch.equal(feats, expected)
+
+
+def test_embeddings_skip_unreadable_images(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for i in range(3):
         save_image(tmp_path / "a" / f"{i}.png", random_rgb(rng))
     save_image(tmp_path / "b" / "0.png", random_rgb(rng))
     (tmp_path / "b" / "bad.jpg").write_bytes(b"not a jpeg")
     ds = ImageFolder(tmp_path, size=28, resize_size=32, channels=1)
-    feats, labels = extract_features(small_vit(), ds, (0.5,), (0.5,), batch_size=2, runtime=CPU, quiet=True)
+    feats, labels = embeddings(small_vit(), ds, (0.5,), (0.5,), batch_size=2)
     assert feats.shape == (4, 32)
     assert labels.tolist() == [0, 0, 0, 1]
 
 
-def test_pixel_features(fmnist_dir: Path) -> None:
+def test_pixel_baseline_embeddings(fmnist_dir: Path) -> None:
     ds = FashionMNIST(fmnist_dir, "train")
-    feats, labels = pixel_features(ds, (0.5,), (0.25,))
+    feats, labels = embeddings(PixelBaseline(7), ds, (0.5,), (0.25,))
     assert feats.shape == (N_TRAIN, 28 * 28)
     torch.testing.assert_close(feats, ((ds.images.float() / 255 - 0.5) / 0.25).flatten(1))
     assert torch.equal(labels, ds.labels)
@@ -146,6 +162,6 @@ def test_pixel_features(fmnist_dir: Path) -> None:
 def test_knn_end_to_end_on_pixels(fmnist_dir: Path) -> None:
     """The fixture's classes are bright squares in different quadrants: raw pixels separate them."""
     train, test = FashionMNIST(fmnist_dir, "train"), FashionMNIST(fmnist_dir, "test")
-    results = knn(nn.Flatten(), train, test, k=(1, 5), mean=(0.3,), std=(0.35,), runtime=CPU, quiet=True)
+    results = knn(PixelBaseline(7), train, test, k=(1, 5), mean=(0.3,), std=(0.35,), runtime=CPU, quiet=True)
     assert set(results) == {1, 5}
     assert results[1]["top1"] == 100.0

@@ -16,7 +16,7 @@ from conftest import make_fmnist_images, save_image
 from test_viz_inputs import write_viz_checkpoint
 
 from dinolab.viz.explorer import build_explorer, bytes_per_image, evenly_spaced, image_cap, serve
-from dinolab.viz.inputs import VizModel, load_model
+from dinolab.viz.inputs import VizModel
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -28,7 +28,7 @@ DUPLICATE_OF = 3  # images/copy.png is images/garment_3.png again
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> VizModel:
-    return load_model(write_viz_checkpoint(tmp_path_factory.mktemp("explorer_ckpt")))
+    return VizModel.from_checkpoint(write_viz_checkpoint(tmp_path_factory.mktemp("explorer_ckpt")))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from conftest import save_image, tiny_config
 
 from dinolab.io import CheckpointError
 from dinolab.models.build import build_backbone
-from dinolab.viz.inputs import VizModel, load_model, read_image, read_images
+from dinolab.viz.inputs import VizModel, read_image, read_images
 
 
 def write_viz_checkpoint(root: Path, **model: object) -> Path:
@@ -27,26 +27,26 @@ def write_viz_checkpoint(root: Path, **model: object) -> Path:
 
 @pytest.fixture(scope="module")
 def viz_model(tmp_path_factory: pytest.TempPathFactory) -> VizModel:
-    return load_model(write_viz_checkpoint(tmp_path_factory.mktemp("viz_ckpt")))
+    return VizModel.from_checkpoint(write_viz_checkpoint(tmp_path_factory.mktemp("viz_ckpt")))
 
 
-def test_load_model(viz_model: VizModel) -> None:
+def test_from_checkpoint(viz_model: VizModel) -> None:
     assert (viz_model.patch_size, viz_model.channels, viz_model.native_size) == (7, 1, 28)
     assert viz_model.mean == (0.3,) and viz_model.std == (0.35,)
     assert not viz_model.backbone.training
 
 
-def test_load_model_errors(tmp_path: Path) -> None:
+def test_from_checkpoint_errors(tmp_path: Path) -> None:
     no_weights = tmp_path / "weights.pth"
     torch.save({"model": {}}, no_weights)
     with pytest.raises(CheckpointError, match="entry 'model' is not a dict of tensors"):
-        load_model(no_weights)
+        VizModel.from_checkpoint(no_weights)
     path = write_viz_checkpoint(tmp_path)
     state = torch.load(path, weights_only=True)
     del state["teacher"]["backbone.blocks.1.attn.qkv.weight"]
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"missing keys: blocks\.1\.attn\.qkv\.weight"):
-        load_model(path)
+        VizModel.from_checkpoint(path)
 
 
 def test_to_tensor_normalizes(viz_model: VizModel) -> None:

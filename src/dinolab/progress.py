@@ -49,16 +49,8 @@ class LogProgress:
     """tqdm's interface (iterate, `update`, `set_postfix`, `close`) for output that is not a terminal:
     a log line every `interval` seconds and one at the end, nothing when `disable`."""
 
-    def __init__(
-        self,
-        iterable: Iterable | None = None,
-        desc: str = "",
-        total: int | None = None,
-        initial: int = 0,
-        unit: str = "it",
-        disable: bool = False,
-        interval: float | None = None,
-    ):
+    def __init__(self, iterable: Iterable | None = None, desc: str = "", total: int | None = None, initial: int = 0,
+                 unit: str = "it", disable: bool = False, interval: float | None = None):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.desc, self.total, self.unit, self.disable = iterable, desc, total, unit, disable

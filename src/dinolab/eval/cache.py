@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dinolab.data.datasets import FashionMNIST, ImageFolder
-from dinolab.eval.features import Preprocess, TokenFeatures
+from dinolab.eval.tokens import Preprocess, TokenFeatures
 
 FIELDS = ("cls", "avgpool", "labels")
 

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dinolab.device import Runtime
-from dinolab.eval.features import NO_PREPROCESS, Preprocess, extract_tokens
+from dinolab.eval.features import extract_tokens
 from dinolab.eval.retrieval import retrieval
+from dinolab.eval.tokens import NO_PREPROCESS, Preprocess
 
 
 def make_copy(image: Tensor, rng: np.random.Generator) -> Tensor:
@@ -62,15 +63,8 @@ class IndexedImages(Dataset):
 
 
 def copy_detection(
-    model: nn.Module,
-    dataset: Dataset,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    seed: int = 0,
-    preprocess: Preprocess = NO_PREPROCESS,
-    batch_size: int = 256,
-    runtime: Runtime | None = None,
-    quiet: bool = False,
+    model: nn.Module, dataset: Dataset, mean: tuple[float, ...], std: tuple[float, ...], seed: int = 0,
+    preprocess: Preprocess = NO_PREPROCESS, batch_size: int = 256, runtime: Runtime | None = None, quiet: bool = False,
 ) -> dict[str, float]:
     """recall@1 and mAP (%) of edited copies retrieving their originals among all of `dataset`."""
     originals, copies = (

@@ -8,87 +8,17 @@ and the average-pooled patch tokens of the last block (what DINOv2's linear prob
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import functional as TF
-from tqdm import tqdm
 
 from dinolab.data.datasets import collate_images
 from dinolab.data.transforms import normalize_uint8
 from dinolab.device import Runtime, resolve
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Test-time geometry for every uint8 batch: shorter side resized to `resize`, then the centered
-    `crop` x `crop` window (0 = leave the images as the dataset gives them)."""
-
-    resize: int = 0
-    crop: int = 0
-
-    def __call__(self, images: Tensor) -> Tensor:
-        if self.resize:
-            images = TF.resize(images, self.resize, antialias=True)
-        if self.crop:
-            images = TF.center_crop(images, [self.crop, self.crop])
-        return images
-
-
-NO_PREPROCESS = Preprocess()
-
-
-@dataclass
-class TokenFeatures:
-    """What evaluation keeps of a model's output on a dataset, in dataset order (unreadable images dropped)."""
-
-    cls: Tensor  # (N, n_blocks, D): normalized [CLS] token of each of the last n blocks, the last block last
-    avgpool: Tensor  # (N, D): mean of the last block's normalized patch tokens
-    labels: Tensor  # (N,)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_blocks(self) -> int:
-        return self.cls.shape[1]
-
-    @property
-    def embedding(self) -> Tensor:
-        """The image embedding of the DINO papers (k-NN, retrieval, clustering): the last block's [CLS]."""
-        return self.cls[:, -1]
-
-    def select(self, blocks: int = 1, avgpool: bool = False) -> Tensor:
-        """DINOv2's linear-probe input: [CLS] of the last `blocks` blocks, then (optionally) the pooled patches."""
-        if not 1 <= blocks <= self.num_blocks:
-            raise ValueError(f"asked for the last {blocks} blocks but only {self.num_blocks} were extracted")
-        parts = [self.cls[:, -blocks:].flatten(1)] + ([self.avgpool] if avgpool else [])
-        return torch.cat(parts, dim=1)
-
-
-class PixelBaseline(nn.Module):
-    """Raw pixels behind the ViT interface: [CLS] = the whole flattened image, patch tokens = flattened
-    `patch_size` x `patch_size` pixel patches, one "block" that is the identity. The baseline a learned
-    representation has to beat, evaluated by exactly the same code."""
-
-    def __init__(self, patch_size: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.blocks = nn.ModuleList([nn.Identity()])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.flatten(1)
-
-    def get_intermediate_layers(
-        self, x: Tensor, n: int = 1, reshape: bool = False, return_class_token: bool = False
-    ) -> tuple:
-        if n != 1:
-            raise ValueError(f"raw pixels have one 'block', asked for {n}")
-        patches = F.unfold(x, self.patch_size, stride=self.patch_size).transpose(1, 2)  # (B, P, C * p * p)
-        return ((patches, x.flatten(1)),) if return_class_token else (patches,)
+from dinolab.eval import cache
+from dinolab.eval.tokens import NO_PREPROCESS, Preprocess, TokenFeatures
+from dinolab.progress import progress
 
 
 def image_batches(
@@ -96,44 +26,13 @@ def image_batches(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """(uint8 images after `preprocess`, labels) batches in dataset order, unreadable images left out."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
-    for images, labels, _ in tqdm(loader, desc=desc, disable=quiet, leave=False):
+    for images, labels, _ in progress(loader, desc=desc, disable=quiet):
         if len(images):
             yield preprocess(images), labels
 
 
 def _model_input(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], runtime: Runtime) -> Tensor:
     return normalize_uint8(images, mean, std).to(runtime.device)
-
-
-@torch.no_grad()
-def extract_features(
-    model: nn.Module,
-    dataset: Dataset,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    batch_size: int = 256,
-    runtime: Runtime | None = None,
-    num_workers: int = 0,
-    quiet: bool = False,
-    preprocess: Preprocess = NO_PREPROCESS,
-) -> tuple[Tensor, Tensor]:
-    """Run `model` (images -> (B, D) embeddings) over a dataset of uint8 images; returns fp32 (N, D), labels."""
-    runtime = runtime or resolve()
-    model = model.to(runtime.device).eval()
-    feats, labels = [], []
-    for images, y in image_batches(dataset, preprocess, batch_size, num_workers, quiet, "features"):
-        with runtime.autocast():
-            feats.append(model(_model_input(images, mean, std, runtime)).float().cpu())
-        labels.append(y)
-    if not feats:
-        raise ValueError("no readable images to extract features from")
-    return torch.cat(feats), torch.cat(labels)
-
-
-def pixel_features(dataset: Dataset, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
-    """Raw pixels, normalized and flattened: the baseline a learned representation must beat."""
-    flatten = nn.Flatten()
-    return extract_features(flatten, dataset, mean, std, runtime=resolve("cpu", "fp32"), quiet=True)
 
 
 def model_depth(model: nn.Module) -> int:
@@ -148,21 +47,11 @@ def model_depth(model: nn.Module) -> int:
 
 @torch.no_grad()
 def extract_tokens(
-    model: nn.Module,
-    dataset: Dataset,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    n_blocks: int = 4,
-    preprocess: Preprocess = NO_PREPROCESS,
-    batch_size: int = 256,
-    runtime: Runtime | None = None,
-    num_workers: int = 0,
-    quiet: bool = False,
-    cache_dir: str | None = None,
+    model: nn.Module, dataset: Dataset, mean: tuple[float, ...], std: tuple[float, ...], n_blocks: int = 4,
+    preprocess: Preprocess = NO_PREPROCESS, batch_size: int = 256, runtime: Runtime | None = None,
+    num_workers: int = 0, quiet: bool = False, cache_dir: str | None = None,
 ) -> TokenFeatures:
     """[CLS] of the last `n_blocks` blocks (fewer if the model is shallower) and average-pooled patch tokens."""
-    from dinolab.eval import cache
-
     runtime = runtime or resolve()
     n_blocks = min(n_blocks, model_depth(model))
     key = None
@@ -190,15 +79,9 @@ def extract_tokens(
 
 @torch.no_grad()
 def extract_patch_tokens(
-    model: nn.Module,
-    dataset: Dataset,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    preprocess: Preprocess = NO_PREPROCESS,
-    batch_size: int = 256,
-    runtime: Runtime | None = None,
-    num_workers: int = 0,
-    quiet: bool = False,
+    model: nn.Module, dataset: Dataset, mean: tuple[float, ...], std: tuple[float, ...],
+    preprocess: Preprocess = NO_PREPROCESS, batch_size: int = 256, runtime: Runtime | None = None,
+    num_workers: int = 0, quiet: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Normalized last-block patch tokens (N, P, D) and the uint8 images (after `preprocess`) they describe."""
     runtime = runtime or resolve()

@@ -1,7 +1,9 @@
 """Weighted k-NN classification on L2-normalized features (the DINO paper's protocol, T = 0.07).
 
 Each test image votes with its k most cosine-similar training images, weighted by exp(sim / T).
-All k values are scored from one top-k search.
+All k values are scored from one top-k search. Every k-NN score of dinolab comes from `knn_scores` on the
+embeddings of `extract_tokens`: `dinolab eval knn` (through `Evaluation.knn`), and through `knn` the demo's
+table and the k-NN check during training.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dinolab.device import Runtime
-from dinolab.eval.features import check_features, extract_features
+from dinolab.eval.features import check_features, extract_tokens
+from dinolab.eval.tokens import TokenFeatures
 
 
 @torch.no_grad()
@@ -50,6 +53,13 @@ def knn_classify(
     return {k: {"top1": 100.0 * float(c[0]) / n, "top5": 100.0 * float(c[1]) / n} for k, c in correct.items()}
 
 
+def knn_scores(
+    train: TokenFeatures, test: TokenFeatures, ks: tuple[int, ...] | list[int], temperature: float = 0.07
+) -> dict[int, dict[str, float]]:
+    """Weighted k-NN of the test set's image embeddings (the last block's [CLS]) against the training set's."""
+    return knn_classify(train.embedding, train.labels, test.embedding, test.labels, ks, temperature)
+
+
 def knn(
     model: nn.Module,
     train_dataset: Dataset,
@@ -62,8 +72,10 @@ def knn(
     runtime: Runtime | None = None,
     quiet: bool = False,
 ) -> dict[int, dict[str, float]]:
-    """Extract embeddings of both datasets with `model` and score weighted k-NN."""
+    """Extract the embeddings of both datasets with `model` (a ViT or a baseline) and score weighted k-NN."""
     ks = (k,) if isinstance(k, int) else tuple(k)
-    train = extract_features(model, train_dataset, mean, std, batch_size, runtime, quiet=quiet)
-    test = extract_features(model, test_dataset, mean, std, batch_size, runtime, quiet=quiet)
-    return knn_classify(*train, *test, ks=ks, temperature=temperature)
+    train, test = (
+        extract_tokens(model, dataset, mean, std, n_blocks=1, batch_size=batch_size, runtime=runtime, quiet=quiet)
+        for dataset in (train_dataset, test_dataset)
+    )
+    return knn_scores(train, test, ks, temperature)

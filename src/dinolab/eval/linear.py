@@ -17,9 +17,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
-from dinolab.eval.features import TokenFeatures, check_features, holdout_split
+from dinolab.eval.features import check_features, holdout_split
+from dinolab.eval.tokens import TokenFeatures
+from dinolab.progress import progress
 
 DINOV2_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 
@@ -84,7 +85,7 @@ def linear_probe_grid(
 
     steps_per_epoch = math.ceil(len(fit_idx) / batch_size)
     total_steps, step = epochs * steps_per_epoch, 0
-    for _ in tqdm(range(epochs), desc="linear grid", disable=quiet, leave=False):
+    for _ in progress(range(epochs), desc="linear grid", disable=quiet):
         order = fit_idx[torch.randperm(len(fit_idx), generator=generator)]
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]

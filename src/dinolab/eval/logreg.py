@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from dinolab.eval.features import check_features, holdout_split
+from dinolab.progress import progress
 
 DINOV2_C_GRID = tuple((10 ** torch.linspace(-6, 5, 45, dtype=torch.float64)).tolist())
 C_GRID = DINOV2_C_GRID[::4]  # the same range at integer powers of ten: 12 fits instead of 45 (the default)
@@ -71,18 +71,13 @@ def fit_logreg(
 
 
 def sweep_c(
-    train_x: Tensor,
-    train_y: Tensor,
-    val_x: Tensor,
-    val_y: Tensor,
-    c_grid: Sequence[float] = C_GRID,
-    max_iter: int = 100,
-    quiet: bool = False,
+    train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, c_grid: Sequence[float] = C_GRID,
+    max_iter: int = 100, quiet: bool = False,
 ) -> tuple[LinearClassifier, float, list[dict[str, float]]]:
     """The classifier and C with the best validation accuracy (the smallest such C on ties), every C's accuracy."""
     num_classes = int(max(train_y.max(), val_y.max())) + 1
     grid, model, best = [], None, None
-    for C in tqdm(sorted(c_grid), desc="logreg C sweep", disable=quiet, leave=False):
+    for C in progress(sorted(c_grid), desc="logreg C sweep", disable=quiet):
         model = fit_logreg(train_x, train_y, C, num_classes, max_iter, init=model)
         grid.append({"C": C, "val_top1": model.accuracy(val_x, val_y)})
         if best is None or grid[-1]["val_top1"] > best[2]:

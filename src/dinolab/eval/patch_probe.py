@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from dinolab.device import Runtime
-from dinolab.eval.features import NO_PREPROCESS, Preprocess, extract_patch_tokens, holdout_split
+from dinolab.eval.features import extract_patch_tokens, holdout_split
 from dinolab.eval.logreg import C_GRID, fit_with_c_sweep
+from dinolab.eval.tokens import NO_PREPROCESS, Preprocess
 
 PATCH_CLASSES = ("background", "garment")
 
@@ -51,20 +52,14 @@ def _subsample(dataset: Dataset, max_images: int | None, seed: int) -> Dataset:
 
 
 def patch_probe(
-    model: nn.Module,
-    train_dataset: Dataset,
-    test_dataset: Dataset,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    model: nn.Module, train_dataset: Dataset, test_dataset: Dataset, mean: tuple[float, ...], std: tuple[float, ...],
     patch_size: int,
     max_train_images: int | None = 5000,
     max_test_images: int | None = None,
     c_grid: Sequence[float] = C_GRID,
     sweep_patches: int | None = 10_000,
     min_fraction: float = 0.5,
-    preprocess: Preprocess = NO_PREPROCESS,
-    batch_size: int = 256,
-    runtime: Runtime | None = None,
+    preprocess: Preprocess = NO_PREPROCESS, batch_size: int = 256, runtime: Runtime | None = None,
     seed: int = 0,
     quiet: bool = False,
 ) -> dict:

@@ -1,6 +1,6 @@
 """Every protocol on one model: features extracted once per dataset, each protocol timed, JSON and markdown out.
 
-`load_backbone` is the single place a model to evaluate is loaded (a dinolab checkpoint or run directory,
+`model_to_evaluate` is the single place a model to evaluate is loaded (a dinolab checkpoint or run directory,
 the same architecture at random init, or raw pixels); `Evaluation` holds one model and its train/test data
 and runs the protocols on the shared features; `run_all` runs them all; `markdown_tables` and
 `write_results` turn results into the files a run directory keeps.
@@ -20,40 +20,32 @@ from torch.utils.data import Dataset
 
 from dinolab.config import Config
 from dinolab.device import Runtime, resolve
+from dinolab.eval.baselines import check_model_kind, model_of_kind
 from dinolab.eval.clustering import clustering
 from dinolab.eval.copy_detection import copy_detection
-from dinolab.eval.features import NO_PREPROCESS, PixelBaseline, Preprocess, TokenFeatures, extract_tokens
-from dinolab.eval.knn import knn_classify
+from dinolab.eval.features import extract_tokens
+from dinolab.eval.knn import knn_scores
 from dinolab.eval.linear import linear_probe_grid
 from dinolab.eval.logreg import logistic_regression
 from dinolab.eval.lowshot import low_shot
 from dinolab.eval.patch_probe import patch_probe
 from dinolab.eval.retrieval import retrieval
+from dinolab.eval.tokens import NO_PREPROCESS, Preprocess, TokenFeatures
+from dinolab.hub import load_model
 
 PROTOCOLS = ("knn", "linear", "logreg", "lowshot", "retrieval", "copydetect", "cluster", "patch")
-MODEL_KINDS = ("trained", "random-init", "pixels")
 SECTION_TITLE = "Evaluation suite"
 
 
-def load_backbone(checkpoint: str | Path, kind: str = "trained", seed: int = 0) -> tuple[nn.Module, Config]:
+def model_to_evaluate(checkpoint: str | Path, kind: str = "trained", seed: int = 0) -> tuple[nn.Module, Config]:
     """The model to evaluate and the config that describes its input. `checkpoint`: anything
     `dinolab.hub.load_model` reads — a dinolab training checkpoint or run directory (its EMA teacher, what
     DINO evaluates, with its training config) or released DINO / iBOT / DINOv2 weights (ImageNet
     normalization, 224 px). `kind`: "trained", "random-init" (the same architecture, fresh weights from
     `seed`) or "pixels" (raw pixels)."""
-    from dinolab.hub import load_model, vit_kwargs_of
-    from dinolab.models.vit import VisionTransformer
-
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+    check_model_kind(kind)  # before loading: a checkpoint can be a download
     loaded = load_model(checkpoint)
-    model = loaded.backbone
-    if kind == "random-init":
-        torch.manual_seed(seed)
-        model = VisionTransformer(**vit_kwargs_of(model)).eval()
-    elif kind == "pixels":
-        model = PixelBaseline(model.patch_size)
-    return model, loaded.config
+    return model_of_kind(loaded.backbone, kind, seed), loaded.config
 
 
 class Evaluation:
@@ -92,9 +84,7 @@ class Evaluation:
         return self._tokens(self.test_dataset)
 
     def knn(self, ks: tuple[int, ...] = (10, 20, 100, 200), temperature: float = 0.07) -> dict:
-        result = knn_classify(self.train.embedding, self.train.labels, self.test.embedding, self.test.labels, ks,
-                              temperature)
-        return {str(k): r for k, r in result.items()}
+        return {str(k): r for k, r in knn_scores(self.train, self.test, ks, temperature).items()}
 
     def linear(self, **options) -> dict:
         return linear_probe_grid(self.train, self.test, quiet=self.quiet, **options)

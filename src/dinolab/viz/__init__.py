@@ -4,7 +4,7 @@ and the silhouette IoU that scores the masks."""
 from dinolab.viz.attention import AttentionMaps, attention_maps, cls_attention, mass_mask, write_attention_figures
 from dinolab.viz.curves import save_curves
 from dinolab.viz.explorer import build_explorer, serve
-from dinolab.viz.inputs import VizModel, load_model, read_image
+from dinolab.viz.inputs import VizModel, read_image
 from dinolab.viz.pca import PCAMaps, image_features, pca_maps, write_pca_figures
 from dinolab.viz.silhouette import iou_markdown, silhouette_iou, silhouette_scores
 
@@ -17,7 +17,6 @@ __all__ = [
     "cls_attention",
     "image_features",
     "iou_markdown",
-    "load_model",
     "mass_mask",
     "pca_maps",
     "read_image",

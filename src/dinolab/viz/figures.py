@@ -1,16 +1,26 @@
-"""Matplotlib helpers shared by the figures: panels without pyplot (no global state, no display needed)."""
+"""Matplotlib helpers shared by the figures: panels without pyplot (no global state, no display needed).
+
+Matplotlib (~0.5 s to import) is imported when the first figure is made, not when dinolab.viz is: training
+imports the curves module but draws only at the end.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 PANEL_INCHES = 2.0
 
 
 def new_figure(rows: int, cols: int, panel_inches: float = PANEL_INCHES) -> tuple[Figure, np.ndarray]:
     """A figure of rows x cols panels; `axes` is always a 2-D array."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(panel_inches * cols, panel_inches * rows), constrained_layout=True)
     axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from dinolab.data.datasets import IMAGE_EXTENSIONS
 from dinolab.data.transforms import normalize_uint8
+from dinolab.hub import load_model
 from dinolab.models.vit import VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,12 @@ class VizModel:
         """Same-size uint8 (H, W, C) images -> a normalized float (B, C, H, W) batch."""
         return normalize_uint8(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), self.mean, self.std)
 
-
-def load_model(checkpoint: str | Path) -> VizModel:
-    """The one place visualizations load weights: anything `dinolab.hub.load_model` reads (a dinolab
-    checkpoint or run dir -> its EMA teacher, or released DINO / iBOT / DINOv2 weights)."""
-    from dinolab.hub import load_model as load
-
-    loaded = load(checkpoint)
-    return VizModel(loaded.backbone, tuple(loaded.config.data.mean), tuple(loaded.config.data.std))
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path) -> VizModel:
+        """The one place visualizations load weights: anything `dinolab.hub.load_model` reads (a dinolab
+        checkpoint or run dir -> its EMA teacher, or released DINO / iBOT / DINOv2 weights)."""
+        loaded = load_model(checkpoint)
+        return cls(loaded.backbone, tuple(loaded.config.data.mean), tuple(loaded.config.data.std))
 
 
 def read_image(path: str | Path, channels: int, patch_size: int, size: int | None = None) -> np.ndarray:
