@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from dinolab.config import IMAGENET_MEAN, IMAGENET_STD
 from dinolab.data.datasets import ImageFolder
@@ -36,6 +35,7 @@ from dinolab.device import Runtime, resolve
 from dinolab.hub.export import require_export_extra
 from dinolab.io import atomic_path, atomic_write_text
 from dinolab.models.vit import VisionTransformer
+from dinolab.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def embed_folder(
     width = model.embed_dim * len(features)
     starts = range(0, len(dataset), chunk_size)
     done = [s for s in starts if (parts_dir / f"{s:09d}.npy").is_file()]
-    bar = tqdm(total=len(dataset), initial=sum(min(chunk_size, len(dataset) - s) for s in done), desc="embed",
-               unit="img", disable=quiet)
+    bar = progress(total=len(dataset), initial=sum(min(chunk_size, len(dataset) - s) for s in done), desc="embed",
+                   unit="img", disable=quiet)
     for start in starts:
         part = parts_dir / f"{start:09d}.npy"
         if part.is_file():

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from dinolab import config as config_lib
 from dinolab.config import Config
@@ -28,6 +27,8 @@ from dinolab.data.loader import (
 from dinolab.device import resolve
 from dinolab.io import LATEST, read_training_checkpoint, save_run_checkpoint, training_state
 from dinolab.models.vit import VisionTransformer
+from dinolab.progress import progress
+from dinolab.progress import write as write_line
 from dinolab.train.monitor import TrainingMonitor
 from dinolab.train.report import write_report
 from dinolab.train.schedules import Schedules, StepSchedule
@@ -71,8 +72,8 @@ def fit(
         for epoch in range(start_epoch, epochs):
             batches = MultiCropBatches(dataset, augmentation, cfg.optim.batch_size, cfg.train.seed, epoch,
                                        masking=masking)
-            bar = tqdm(multicrop_loader(batches, cfg.data.num_workers), desc=f"epoch {epoch + 1}/{epochs}",
-                       disable=quiet, leave=False)
+            bar = progress(multicrop_loader(batches, cfg.data.num_workers), desc=f"epoch {epoch + 1}/{epochs}",
+                           disable=quiet)
             for i, (crops, _, batch_skipped, masks) in enumerate(bar):
                 skipped += batch_skipped
                 if not crops:
@@ -97,7 +98,7 @@ def fit(
                 save_run_checkpoint(state, run_dir, epoch + 1, cfg.train.keep_last)
             if not quiet:
                 summary = ", ".join(f"{k} {v:.4g}" for k, v in monitor.last.items() if k not in ("iteration", "epoch"))
-                tqdm.write(f"epoch {epoch + 1}/{epochs}: {summary}")
+                write_line(f"epoch {epoch + 1}/{epochs}: {summary}")
             if stopping:
                 break
     finally:
