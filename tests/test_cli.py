@@ -1,15 +1,20 @@
-"""The command line: `dinolab train` and `dinolab eval knn`, exit codes and messages."""
+"""The command line: `dinolab train`, `dinolab eval`, `dinolab config show`, `python -m dinolab`; each eval
+protocol's own options and their defaults; the README's command lines; exit codes, messages and logging."""
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import tiny_config, write_class_folder
 
 from dinolab import config as config_lib
-from dinolab.cli import build_parser, main
+from dinolab.cli import PROTOCOL_OPTIONS, build_parser, configure_logging, main, protocol_keywords
 from dinolab.eval import Evaluation
 
 
@@ -128,3 +133,124 @@ def test_eval_knn_test_labels_use_the_train_class_numbering(
     test = seen["test"]
     for path, label in zip(test.files, test.labels.tolist(), strict=True):
         assert train_classes[label] == path.parent.name, f"{path.name} in {path.parent.name} labeled {label}"
+
+
+# ---------------------------------------------------------------- the parser: subcommands and their options
+
+
+def help_text(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_each_eval_protocol_lists_only_its_own_options(capsys) -> None:
+    knn = help_text(["eval", "knn"], capsys)
+    assert "--k K" in knn and "--temperature" in knn and "--checkpoint" in knn and "--seed" in knn
+    assert "--restarts" not in knn and "--budgets" not in knn and "--c-grid" not in knn
+    cluster = help_text(["eval", "cluster"], capsys)
+    assert "--restarts" in cluster and "--k K" not in cluster
+    every = help_text(["eval", "all"], capsys)
+    for flag in ("--k", "--temperature", "--epochs", "--c-grid", "--dinov2-c-grid", "--budgets", "--seeds",
+                 "--lowshot-classifier", "--lowshot-c", "--lowshot-k", "--backend", "--queries", "--restarts",
+                 "--patch-train-images"):
+        assert f"{flag} " in every, flag
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["eval", "knn", "--checkpoint", "c", "--restarts", "3"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --restarts 3" in capsys.readouterr().err
+
+
+def readme_command_lines() -> list[list[str]]:
+    """Every `dinolab ...` line of the README, `a|b|c` alternatives spelled out; lines with placeholders skipped."""
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    found = []
+    for line in readme.read_text().splitlines():
+        match = re.match(r"^(?:\w+=\S+ )*dinolab ([a-z].*?)(\s+#.*)?$", line)
+        if not match or "..." in match.group(1) or "[" in match.group(1) or " img/s" in line:
+            continue
+        argv = shlex.split(match.group(1))
+        alternatives = argv[1].split("|") if len(argv) > 1 and "|" in argv[1] else [None]
+        found += [[argv[0], alt, *argv[2:]] if alt else argv for alt in alternatives]
+    return found
+
+
+def test_the_readme_command_lines_parse() -> None:
+    lines = readme_command_lines()
+    assert len(lines) >= 20 and ["eval", "cluster", "--checkpoint", "runs/mine", "--data", "fmnist"] in lines
+    for argv in lines:
+        build_parser().parse_args(argv)  # exits (code 2) on an option a subcommand does not take
+
+
+def test_protocol_keywords_keep_the_defaults() -> None:
+    from dinolab.eval.logreg import C_GRID, DINOV2_C_GRID
+
+    args = build_parser().parse_args(["eval", "all", "--checkpoint", "c"])
+    assert {protocol: protocol_keywords(protocol, args) for protocol in PROTOCOL_OPTIONS} == {
+        "knn": {"ks": (10, 20, 100, 200), "temperature": 0.07},
+        "linear": {"epochs": 10, "seed": 0},
+        "logreg": {"c_grid": C_GRID, "seed": 0},
+        "lowshot": {"budgets": ("1%", "10%", "5/class"), "seeds": (0, 1, 2), "classifier": "logreg", "C": 1.0,
+                    "k": 20, "temperature": 0.07},
+        "retrieval": {"backend": "auto", "max_queries": 2000, "seed": 0},
+        "copydetect": {"seed": 0},
+        "cluster": {"restarts": 10, "seed": 0},
+        "patch": {"max_train_images": 5000, "c_grid": C_GRID, "seed": 0},
+    }
+    args = build_parser().parse_args(["eval", "all", "--checkpoint", "c", "--queries", "0", "--patch-train-images",
+                                      "0", "--dinov2-c-grid", "--seed", "3", "--temperature", "0.1"])
+    assert protocol_keywords("retrieval", args)["max_queries"] is None  # 0: every test image
+    assert protocol_keywords("patch", args) == {"max_train_images": None, "c_grid": DINOV2_C_GRID, "seed": 3}
+    assert protocol_keywords("lowshot", args)["temperature"] == protocol_keywords("knn", args)["temperature"] == 0.1
+    args = build_parser().parse_args(["eval", "logreg", "--checkpoint", "c", "--c-grid", "1", "2", "--dinov2-c-grid"])
+    assert protocol_keywords("logreg", args)["c_grid"] == (1.0, 2.0)  # an explicit grid wins
+
+
+def test_config_show(capsys) -> None:
+    assert main(["config", "show", "dino_vit_tiny_fmnist", "optim.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert out == config_lib.show("dino_vit_tiny_fmnist", ["optim.epochs=3"])
+    assert "epochs: 3" in out
+    assert main(["config", "show", "dino_vit_tiny_fmnist", "optim.epochz=3"]) == 1
+    assert "unknown config key" in capsys.readouterr().err
+
+
+def test_verbose_is_dinolab_debug_and_other_libraries_stay_at_warning() -> None:
+    import logging
+
+    dinolab_logger = logging.getLogger("dinolab")
+    before = dinolab_logger.level
+    try:
+        configure_logging(verbose=True)
+        assert dinolab_logger.level == logging.DEBUG
+        configure_logging()
+        assert dinolab_logger.level == logging.INFO
+    finally:
+        dinolab_logger.setLevel(before)
+
+
+def run_dinolab(*argv: str) -> subprocess.CompletedProcess:
+    """`python -m dinolab ARGV` in a fresh interpreter, stdout and stderr captured (not a terminal)."""
+    return subprocess.run([sys.executable, "-m", "dinolab", *argv], capture_output=True, text=True, timeout=300)
+
+
+def test_python_m_dinolab() -> None:
+    done = run_dinolab("config", "show", "dino_vit_tiny_fmnist")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == config_lib.show("dino_vit_tiny_fmnist")
+    done = run_dinolab("train", "no_such_recipe")
+    assert done.returncode == 1 and done.stderr.startswith("dinolab: error:")
+
+
+def test_eval_logs_no_third_party_chatter_and_no_bar_into_a_pipe(trained_run: Path, fmnist_dir: Path) -> None:
+    """faiss's loader logs its failed AVX512 / AVX2 attempts at INFO ('Could not load library ...
+    ModuleNotFoundError'): only dinolab's own INFO lines reach the console, and progress comes as log lines."""
+    pytest.importorskip("faiss")
+    done = run_dinolab("eval", "retrieval", "--backend", "faiss", "--checkpoint", str(trained_run), "--data", "fmnist",
+                       "--fmnist-dir", str(fmnist_dir), "--device", "cpu", "--precision", "fp32", "--queries", "0")
+    assert done.returncode == 0, done.stderr
+    assert "[trained] retrieval: retrieval recall@1" in done.stdout
+    assert "faiss" not in done.stderr and "Could not load library" not in done.stderr
+    assert "INFO dinolab.progress: features: 1/1 batch in " in done.stderr
+    assert "\r" not in done.stderr

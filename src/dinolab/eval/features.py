@@ -26,7 +26,7 @@ def image_batches(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """(uint8 images after `preprocess`, labels) batches in dataset order, unreadable images left out."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
-    for images, labels, _ in progress(loader, desc=desc, disable=quiet):
+    for images, labels, _ in progress(loader, desc=desc, unit="batch", disable=quiet):
         if len(images):
             yield preprocess(images), labels
 

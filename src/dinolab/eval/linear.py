@@ -85,7 +85,7 @@ def linear_probe_grid(
 
     steps_per_epoch = math.ceil(len(fit_idx) / batch_size)
     total_steps, step = epochs * steps_per_epoch, 0
-    for _ in progress(range(epochs), desc="linear grid", disable=quiet):
+    for _ in progress(range(epochs), desc="linear grid", unit="epoch", disable=quiet):
         order = fit_idx[torch.randperm(len(fit_idx), generator=generator)]
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]

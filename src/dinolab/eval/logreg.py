@@ -77,7 +77,7 @@ def sweep_c(
     """The classifier and C with the best validation accuracy (the smallest such C on ties), every C's accuracy."""
     num_classes = int(max(train_y.max(), val_y.max())) + 1
     grid, model, best = [], None, None
-    for C in progress(sorted(c_grid), desc="logreg C sweep", disable=quiet):
+    for C in progress(sorted(c_grid), desc="logreg C sweep", unit="C", disable=quiet):
         model = fit_logreg(train_x, train_y, C, num_classes, max_iter, init=model)
         grid.append({"C": C, "val_top1": model.accuracy(val_x, val_y)})
         if best is None or grid[-1]["val_top1"] > best[2]:
