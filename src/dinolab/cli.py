@@ -456,7 +456,8 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def add_embed_parser(sub: argparse._SubParsersAction) -> None:
-    embed = sub.add_parser("embed", parents=[_parent(*BACKBONE)], help="embed every image of a folder (resumable)")
+    embed = sub.add_parser("embed", parents=[_parent(*BACKBONE, *RUNTIME, QUIET)],
+                           help="embed every image of a folder (resumable)")
     embed.add_argument("folder", help="folder of images (searched recursively)")
     embed.add_argument("--out", required=True, help="feats.npy (+ feats.npy.paths.txt) or feats.parquet")
     embed.add_argument("--features", nargs="+", default=["cls"], choices=["cls", "patch_mean"],
@@ -469,8 +470,6 @@ def add_embed_parser(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("--mean", type=float, nargs="+", default=[0.485, 0.456, 0.406])
     embed.add_argument("--std", type=float, nargs="+", default=[0.229, 0.224, 0.225])
     embed.add_argument("--num-workers", type=int, default=0)
-    for flags, kwargs in (*RUNTIME, QUIET):
-        embed.add_argument(*flags, **kwargs)
     embed.add_argument("--no-resume", action="store_true", help="start over even if unfinished work is found")
     embed.set_defaults(func=_embed)
 
