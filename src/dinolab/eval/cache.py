@@ -10,9 +10,6 @@ crash never leaves a half-written entry that a later run would read.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ from torch.utils.data import Dataset
 
 from dinolab.data.datasets import FashionMNIST, ImageFolder
 from dinolab.eval.tokens import Preprocess, TokenFeatures
+from dinolab.io import atomic_directory
 
 FIELDS = ("cls", "avgpool", "labels")
 
@@ -83,17 +81,9 @@ def load(cache_dir: str | Path, key: str) -> TokenFeatures | None:
 
 
 def save(cache_dir: str | Path, key: str, features: TokenFeatures) -> Path:
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    folder = cache_dir / key
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}."))
-    try:
+    """Write the entry whole or not at all (dinolab.io.atomic_directory); a concurrent writer's copy wins."""
+    folder = Path(cache_dir) / key
+    with atomic_directory(folder) as tmp:
         for name in FIELDS:
             np.save(tmp / f"{name}.npy", getattr(features, name).numpy())
-        os.replace(tmp, folder)
-    except OSError:
-        if not folder.is_dir():  # another process writing the same entry won the rename: keep theirs
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder

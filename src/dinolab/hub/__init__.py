@@ -35,7 +35,6 @@ from dinolab.hub.loading import (
     save_backbone,
 )
 from dinolab.hub.specs import MODEL_SPECS, ModelSpec
-from dinolab.models.build import vit_kwargs_of
 
 __all__ = [
     "MODEL_SPECS",
@@ -66,5 +65,4 @@ __all__ = [
     "load_weights",
     "save_backbone",
     "to_dinolab",
-    "vit_kwargs_of",
 ]

@@ -58,7 +58,8 @@ class MetricsLog:
 
 class KNNMonitor:
     """Weighted k-NN top-1 (k=20) of the teacher on a fixed slice of the labeled data, during training:
-    the learning curve the DINO paper plots. Deterministic and RNG-free, so resumed runs stay identical."""
+    the learning curve the DINO paper plots. Deterministic; it runs at the same iterations whether or not the
+    run was resumed (its data loader draws a base seed from the global RNG), so resumed runs stay identical."""
 
     def __init__(self, cfg: Config, runtime: Runtime):
         train = build_eval_dataset(cfg.data, cfg.model.in_chans, "train", cfg.data.path)
