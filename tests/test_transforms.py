@@ -17,6 +17,11 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def draw_for(n: int, seed: int = 0) -> T.Draw:
+    """Random draws for a batch of n images, all of them held here."""
+    return T.Draw(gen(seed), T.Rows.all(n))
+
+
 def uint8_images(b: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (b, c, h, w), generator=gen(seed), dtype=torch.uint8)
 
@@ -50,6 +55,19 @@ def test_multicrop_output_count_shapes_dtype(channels: int) -> None:
     # normalized values of [0, 1] pixels lie in [(0 - .5) / .25, (1 - .5) / .25]
     assert all(c.min() >= -2 - 1e-4 and c.max() <= 2 + 1e-4 for c in crops)
     assert torch.equal(images, before)  # the uint8 batch is not modified
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_slice_of_the_batch_gets_the_crops_of_its_rows(channels: int) -> None:
+    """What makes a multi-process run see one process's crops: each rank augments only its rows."""
+    aug = MultiCropAugmentation(dino_crop_specs(28, (0.4, 1.0), 3, 14, (0.1, 0.4)), (0.5,) * channels,
+                                (0.25,) * channels)
+    images = uint8_images(8, channels, 32, 32)
+    whole = aug(images, gen(5))
+    for rows in (slice(0, 4), slice(4, 8), slice(2, 5)):
+        part = aug(images[rows], gen(5), T.Rows(8, rows))
+        for w, p in zip(whole, part, strict=True):
+            torch.testing.assert_close(p, w[rows], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -137,16 +155,16 @@ def test_grayscale() -> None:
 
 def test_random_grayscale_extremes() -> None:
     x = torch.rand(6, 3, 4, 4, generator=gen())
-    all_gray = T.random_grayscale(x, gen(), p=1.0)
+    all_gray = T.random_grayscale(x, draw_for(len(x)), p=1.0)
     assert torch.equal(all_gray[:, 0], all_gray[:, 1]) and torch.equal(all_gray[:, 1], all_gray[:, 2])
-    assert torch.equal(T.random_grayscale(x, gen(), p=0.0), x)
+    assert torch.equal(T.random_grayscale(x, draw_for(len(x)), p=0.0), x)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_color_jitter_with_p_zero_is_identity_and_p_one_stays_in_range(channels: int) -> None:
     x = torch.rand(5, channels, 6, 6, generator=gen())
-    torch.testing.assert_close(T.color_jitter(x.clone(), gen(), p=0.0), x, atol=1e-5, rtol=0)
-    y = T.color_jitter(x.clone(), gen(), p=1.0)
+    torch.testing.assert_close(T.color_jitter(x.clone(), draw_for(len(x)), p=0.0), x, atol=1e-5, rtol=0)
+    y = T.color_jitter(x.clone(), draw_for(len(x)), p=1.0)
     assert y.shape == x.shape
     assert y.min() >= 0 and y.max() <= 1
     assert not torch.allclose(y, x)
@@ -154,7 +172,7 @@ def test_color_jitter_with_p_zero_is_identity_and_p_one_stays_in_range(channels:
 
 def test_color_jitter_brightness_only() -> None:
     x = torch.full((64, 1, 2, 2), 0.5)
-    y = T.color_jitter(x, gen(), p=1.0, brightness=0.4, contrast=0.0)
+    y = T.color_jitter(x, draw_for(len(x)), p=1.0, brightness=0.4, contrast=0.0)
     factors = y[:, 0, 0, 0] / 0.5
     assert factors.min() >= 0.6 - 1e-6 and factors.max() <= 1.4 + 1e-6
     assert factors.std() > 0.1  # per-sample factors
@@ -166,7 +184,7 @@ def test_color_jitter_brightness_only() -> None:
 @pytest.mark.parametrize(("h", "w"), [(28, 28), (48, 64), (100, 20), (15, 90)])
 @pytest.mark.parametrize("scale", [(0.05, 0.4), (0.4, 1.0), (0.08, 1.0)])
 def test_sample_crop_boxes_inside_image_and_in_scale(h: int, w: int, scale: tuple[float, float]) -> None:
-    boxes = T.sample_crop_boxes(500, h, w, scale, gen())
+    boxes = T.sample_crop_boxes(draw_for(500), h, w, scale)
     assert boxes.shape == (500, 4)
     x1, y1, x2, y2 = boxes.unbind(1)
     assert (x1 >= 0).all() and (y1 >= 0).all() and (x2 <= w).all() and (y2 <= h).all()
@@ -187,34 +205,34 @@ def test_sample_crop_boxes_inside_image_and_in_scale(h: int, w: int, scale: tupl
 
 
 def test_sample_crop_boxes_deterministic() -> None:
-    a = T.sample_crop_boxes(10, 28, 28, (0.1, 0.5), gen(3))
-    b = T.sample_crop_boxes(10, 28, 28, (0.1, 0.5), gen(3))
-    c = T.sample_crop_boxes(10, 28, 28, (0.1, 0.5), gen(4))
+    a = T.sample_crop_boxes(draw_for(10, 3), 28, 28, (0.1, 0.5))
+    b = T.sample_crop_boxes(draw_for(10, 3), 28, 28, (0.1, 0.5))
+    c = T.sample_crop_boxes(draw_for(10, 4), 28, 28, (0.1, 0.5))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_sample_crop_boxes_area_statistics() -> None:
     """Areas follow U(scale) * area, as in RandomResizedCrop: mean near the midpoint."""
-    boxes = T.sample_crop_boxes(4000, 200, 200, (0.1, 0.5), gen())
+    boxes = T.sample_crop_boxes(draw_for(4000), 200, 200, (0.1, 0.5))
     area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) / (200 * 200)
     assert area.mean().item() == pytest.approx(0.3, abs=0.01)
 
 
-def full_boxes(b: int, h: int, w: int, *_args, **_kwargs) -> torch.Tensor:
-    return torch.tensor([[0.0, 0.0, float(w), float(h)]]).expand(b, 4)
+def full_boxes(draw: T.Draw, h: int, w: int, *_args, **_kwargs) -> torch.Tensor:
+    return torch.tensor([[0.0, 0.0, float(w), float(h)]]).expand(draw.rows.total, 4)
 
 
 def test_random_resized_crop_full_box_is_identity_and_halving_is_area_average(monkeypatch) -> None:
     monkeypatch.setattr(T, "sample_crop_boxes", full_boxes)
     x = torch.rand(3, 2, 16, 16, generator=gen())
-    torch.testing.assert_close(T.random_resized_crop(x, 16, (1.0, 1.0), gen()), x, atol=1e-6, rtol=0)
-    torch.testing.assert_close(T.random_resized_crop(x, 8, (1.0, 1.0), gen()), F.avg_pool2d(x, 2), atol=1e-6,
+    torch.testing.assert_close(T.random_resized_crop(x, 16, (1.0, 1.0), draw_for(len(x))), x, atol=1e-6, rtol=0)
+    torch.testing.assert_close(T.random_resized_crop(x, 8, (1.0, 1.0), draw_for(len(x))), F.avg_pool2d(x, 2), atol=1e-6,
                                rtol=0)
 
 
 def test_random_resized_crop_of_a_ramp_stays_monotone() -> None:
     ramp = torch.arange(40.0).view(1, 1, 1, 40).expand(4, 1, 30, 40).contiguous()
-    out = T.random_resized_crop(ramp, 12, (0.2, 1.0), gen())
+    out = T.random_resized_crop(ramp, 12, (0.2, 1.0), draw_for(len(ramp)))
     assert out.shape == (4, 1, 12, 12)
     assert (out.diff(dim=-1) > 0).all()  # no flip inside the crop op
     assert torch.allclose(out, out[:, :, :1].expand_as(out))  # rows identical
@@ -226,12 +244,12 @@ def test_random_resized_crop_of_a_ramp_stays_monotone() -> None:
 
 def test_gaussian_blur_p_zero_is_identity() -> None:
     x = torch.rand(3, 3, 16, 16, generator=gen())
-    assert torch.equal(T.gaussian_blur(x, gen(), p=0.0, sigma=(0.1, 2.0)), x)
+    assert torch.equal(T.gaussian_blur(x, draw_for(len(x)), p=0.0, sigma=(0.1, 2.0)), x)
 
 
 def test_gaussian_blur_preserves_a_constant_image() -> None:
     x = torch.full((4, 3, 16, 20), 0.37)
-    y = T.gaussian_blur(x, gen(), p=1.0, sigma=(0.5, 2.0))
+    y = T.gaussian_blur(x, draw_for(len(x)), p=1.0, sigma=(0.5, 2.0))
     torch.testing.assert_close(y, x)
     assert y.mean().item() == pytest.approx(0.37, abs=1e-6)
 
@@ -239,7 +257,7 @@ def test_gaussian_blur_preserves_a_constant_image() -> None:
 @pytest.mark.parametrize("sigma", [0.6, 1.0, 1.7])
 def test_gaussian_blur_matches_torchvision_for_a_fixed_sigma(sigma: float) -> None:
     x = torch.rand(2, 3, 20, 18, generator=gen())
-    y = T.gaussian_blur(x, gen(), p=1.0, sigma=(sigma, sigma))
+    y = T.gaussian_blur(x, draw_for(len(x)), p=1.0, sigma=(sigma, sigma))
     radius = min(math.ceil(3 * sigma), (18 - 1) // 2)
     expected = TF.gaussian_blur(x, kernel_size=[2 * radius + 1] * 2, sigma=[sigma, sigma])
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
@@ -248,17 +266,17 @@ def test_gaussian_blur_matches_torchvision_for_a_fixed_sigma(sigma: float) -> No
 def test_gaussian_blur_smooths_and_conserves_mass() -> None:
     x = torch.zeros(1, 1, 21, 21)
     x[0, 0, 10, 10] = 1.0
-    y = T.gaussian_blur(x, gen(), p=1.0, sigma=(1.0, 1.0))
+    y = T.gaussian_blur(x, draw_for(len(x)), p=1.0, sigma=(1.0, 1.0))
     assert y.sum().item() == pytest.approx(1.0, abs=1e-5)
     assert y[0, 0, 10, 10] < 0.5
     torch.testing.assert_close(y[0, 0], y[0, 0].T)  # isotropic
     noise = torch.rand(2, 1, 32, 32, generator=gen())
-    assert T.gaussian_blur(noise, gen(), p=1.0, sigma=(1.0, 2.0)).var() < noise.var() / 2
+    assert T.gaussian_blur(noise, draw_for(len(noise)), p=1.0, sigma=(1.0, 2.0)).var() < noise.var() / 2
 
 
 def test_gaussian_blur_p_half_blurs_some_samples_only() -> None:
     x = torch.rand(64, 1, 16, 16, generator=gen())
-    y = T.gaussian_blur(x, gen(), p=0.5, sigma=(1.0, 2.0))
+    y = T.gaussian_blur(x, draw_for(len(x)), p=0.5, sigma=(1.0, 2.0))
     same = sum(torch.allclose(y[i], x[i], atol=1e-6) for i in range(64))
     assert 10 < same < 54
 

@@ -53,6 +53,33 @@ def dino_crop_specs(
     return global_specs + [CropSpec(local_size, local_scale, blur_prob=0.5) for _ in range(local_number)]
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Which rows of a batch of `total` images this process holds (a multi-process run's slice)."""
+
+    total: int
+    index: slice
+
+    @staticmethod
+    def all(total: int) -> Rows:
+        return Rows(total, slice(0, total))
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Random draws for a whole batch, returned for `rows` only: the values a row gets do not depend on
+    how the batch is split between processes."""
+
+    generator: torch.Generator
+    rows: Rows
+
+    def rand(self) -> Tensor:
+        return torch.rand(self.rows.total, generator=self.generator)[self.rows.index]
+
+    def uniform(self, low: float, high: float, *shape: int) -> Tensor:
+        return torch.empty(self.rows.total, *shape).uniform_(low, high, generator=self.generator)[self.rows.index]
+
+
 class MultiCropAugmentation:
     """uint8 batch (B, C, H, W) -> list of normalized float crops, one (B, C, s, s) tensor per view."""
 
@@ -70,21 +97,24 @@ class MultiCropAugmentation:
         self.color_jitter = color_jitter
         self.blur_sigma = blur_sigma
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
+    def __call__(self, images: Tensor, generator: torch.Generator, rows: Rows | None = None) -> list[Tensor]:
+        """Crops of `images`. With `rows`, `images` are the rows `rows.index` of a batch of `rows.total`: the
+        random draws are made for the whole batch and these rows take theirs, so each process of a
+        multi-process run gets exactly its slice of the crops one process would make."""
+        draw = Draw(generator, rows or Rows.all(len(images)))
         x = images.float().div_(255)
-        return [self.view(x, spec, generator) for spec in self.specs]
+        return [self.view(x, spec, draw) for spec in self.specs]
 
-    def view(self, x: Tensor, spec: CropSpec, g: torch.Generator) -> Tensor:
-        b = x.shape[0]
-        out = random_resized_crop(x, spec.size, spec.scale, g)
-        flip = torch.rand(b, generator=g) < 0.5
+    def view(self, x: Tensor, spec: CropSpec, draw: Draw) -> Tensor:
+        out = random_resized_crop(x, spec.size, spec.scale, draw)
+        flip = draw.rand() < 0.5
         out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
         if self.color_jitter:
-            out = color_jitter(out, g, p=0.8)
-            out = random_grayscale(out, g, p=0.2)
-        out = gaussian_blur(out, g, p=spec.blur_prob, sigma=self.blur_sigma)
+            out = color_jitter(out, draw, p=0.8)
+            out = random_grayscale(out, draw, p=0.2)
+        out = gaussian_blur(out, draw, p=spec.blur_prob, sigma=self.blur_sigma)
         if spec.solarize_prob > 0:
-            solarize = (torch.rand(b, generator=g) < spec.solarize_prob).view(-1, 1, 1, 1)
+            solarize = (draw.rand() < spec.solarize_prob).view(-1, 1, 1, 1)
             out = torch.where(solarize & (out >= 128 / 255), 1.0 - out, out)
         return normalize(out, self.mean, self.std)
 
@@ -100,12 +130,13 @@ def normalize_uint8(images: Tensor, mean: tuple[float, ...], std: tuple[float, .
 
 
 def sample_crop_boxes(
-    b: int, h: int, w: int, scale: tuple[float, float], g: torch.Generator, ratio=(3 / 4, 4 / 3), tries: int = 10
+    draw: Draw, h: int, w: int, scale: tuple[float, float], ratio=(3 / 4, 4 / 3), tries: int = 10
 ) -> Tensor:
-    """RandomResizedCrop's box sampling for b images at once -> (b, 4) boxes x1, y1, x2, y2 in pixels."""
+    """RandomResizedCrop's box sampling for a batch at once -> (b, 4) boxes x1, y1, x2, y2 in pixels."""
     area = h * w
-    target = area * torch.empty(b, tries).uniform_(scale[0], scale[1], generator=g)
-    aspect = torch.exp(torch.empty(b, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g))
+    target = area * draw.uniform(scale[0], scale[1], tries)
+    aspect = torch.exp(draw.uniform(math.log(ratio[0]), math.log(ratio[1]), tries))
+    b = len(target)
     cw = torch.sqrt(target * aspect).round()
     ch = torch.sqrt(target / aspect).round()
     ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
@@ -116,16 +147,16 @@ def sample_crop_boxes(
     fallback = first < 0
     cw = torch.where(fallback, torch.tensor(float(min(w, round(h * ratio[1])))), cw)
     ch = torch.where(fallback, torch.tensor(float(min(h, round(w / ratio[0])))), ch)
-    x1 = torch.floor(torch.rand(b, generator=g) * (w - cw + 1))
-    y1 = torch.floor(torch.rand(b, generator=g) * (h - ch + 1))
+    x1 = torch.floor(draw.rand() * (w - cw + 1))
+    y1 = torch.floor(draw.rand() * (h - ch + 1))
     x1 = torch.where(fallback, ((w - cw) / 2).floor(), x1)
     y1 = torch.where(fallback, ((h - ch) / 2).floor(), y1)
     return torch.stack((x1, y1, x1 + cw, y1 + ch), dim=1)
 
 
-def random_resized_crop(x: Tensor, size: int, scale: tuple[float, float], g: torch.Generator) -> Tensor:
+def random_resized_crop(x: Tensor, size: int, scale: tuple[float, float], draw: Draw) -> Tensor:
     b, _, h, w = x.shape
-    boxes = sample_crop_boxes(b, h, w, scale, g)
+    boxes = sample_crop_boxes(draw, h, w, scale)
     rois = torch.cat((torch.arange(b, dtype=x.dtype).unsqueeze(1), boxes.to(x.dtype)), dim=1)
     return roi_align(x, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
@@ -138,18 +169,17 @@ def grayscale(x: Tensor) -> Tensor:
 
 
 def color_jitter(
-    x: Tensor, g: torch.Generator, p: float = 0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1
+    x: Tensor, draw: Draw, p: float = 0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1
 ) -> Tensor:
     """torchvision's ColorJitter with per-sample factors; samples not drawn (1 - p) get identity factors."""
-    b = x.shape[0]
-    apply = (torch.rand(b, generator=g) < p).view(-1, 1, 1, 1)
+    apply = (draw.rand() < p).view(-1, 1, 1, 1)
 
     def factor(amount: float, center: float) -> Tensor:
-        f = torch.empty(b, 1, 1, 1).uniform_(center - amount, center + amount, generator=g)
+        f = draw.uniform(center - amount, center + amount, 1, 1, 1)
         return torch.where(apply, f, torch.full_like(f, center))
 
     fb, fc, fs, fh = factor(brightness, 1.0), factor(contrast, 1.0), factor(saturation, 1.0), factor(hue, 0.0)
-    for op in torch.randperm(4, generator=g).tolist():
+    for op in torch.randperm(4, generator=draw.generator).tolist():  # one order for the whole batch
         if op == 0:
             x = (x * fb).clamp_(0, 1)
         elif op == 1:
@@ -163,10 +193,10 @@ def color_jitter(
     return x
 
 
-def random_grayscale(x: Tensor, g: torch.Generator, p: float = 0.2) -> Tensor:
+def random_grayscale(x: Tensor, draw: Draw, p: float = 0.2) -> Tensor:
     if x.shape[1] == 1:
         return x
-    pick = (torch.rand(x.shape[0], generator=g) < p).view(-1, 1, 1, 1)
+    pick = (draw.rand() < p).view(-1, 1, 1, 1)
     return torch.where(pick, grayscale(x).expand_as(x), x)
 
 
@@ -201,13 +231,13 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     return out.permute(1, 0, 2, 3).contiguous()
 
 
-def gaussian_blur(x: Tensor, g: torch.Generator, p: float, sigma: tuple[float, float]) -> Tensor:
+def gaussian_blur(x: Tensor, draw: Draw, p: float, sigma: tuple[float, float]) -> Tensor:
     """Separable Gaussian blur with a per-sample sigma ~ U(sigma); samples not drawn keep a delta kernel."""
     if p <= 0:
         return x
     b, c, h, w = x.shape
-    apply = torch.rand(b, generator=g) < p
-    sig = torch.empty(b).uniform_(sigma[0], sigma[1], generator=g)
+    apply = draw.rand() < p
+    sig = draw.uniform(sigma[0], sigma[1])
     radius = min(int(math.ceil(3 * sigma[1])), (min(h, w) - 1) // 2)
     if radius < 1:
         return x
