@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 
 import torch
+from harness import cpu_facts, log
 
 from dinolab import config as config_lib
 from dinolab.data.datasets import FMNIST_DIR, FashionMNIST
@@ -53,13 +52,13 @@ def main() -> None:
     seconds = {"features": evaluation.features_seconds()}
     headline = {}
     for protocol in args.protocols:
-        print(f"running {protocol} ...", file=sys.stderr, flush=True)
+        log(f"running {protocol} ...")
         result = evaluation.run(protocol)
         seconds[protocol] = round(result["seconds"], 2)
         headline[protocol] = dict(metric_rows(protocol, result))
     seconds["features"] = round(seconds["features"], 2)
     print(json.dumps({
-        "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "machine": cpu_facts(torch.get_num_threads()), "threads": torch.get_num_threads(),
         "precision": runtime.precision, "model": args.model if args.checkpoint else "demo architecture, random init",
         "checkpoint": args.checkpoint, "train_images": len(train), "test_images": len(test), "seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 2), "results": headline, "finished": time.strftime("%H:%M:%S"),

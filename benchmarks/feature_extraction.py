@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
+from collections.abc import Callable
 
 import torch
+from harness import cpu_facts, time_calls
 
 
-def throughput(forward, x: torch.Tensor, iters: int, bf16: bool) -> float:
+def throughput(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, iters: int, bf16: bool) -> float:
+    """Images/s over `iters` forward passes after one warm-up, without autograd, in fp32 or bf16 autocast."""
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        forward(x)  # warm-up
-        start = time.perf_counter()
-        for _ in range(iters):
-            forward(x)
-        elapsed = time.perf_counter() - start
-    return iters * x.shape[0] / elapsed
+        timings = time_calls(lambda: forward(x), iters, warmup=1)
+    return iters * x.shape[0] / sum(timings.wall_s)
 
 
 def main() -> None:
@@ -63,7 +60,8 @@ def main() -> None:
             results[f"{name}_{precision}_img_per_s"] = round(throughput(forward, x, args.iters, bf16), 2)
     print(json.dumps({
         "model": "dinov2_vits14 (random init)", "image_size": args.image_size, "batch_size": args.batch_size,
-        "iters": args.iters, "threads": args.threads, "torch": torch.__version__, "cpu": platform.processor(),
+        "iters": args.iters, "threads": args.threads, "torch": torch.__version__,
+        "cpu": cpu_facts(args.threads)["cpu_model"],
         "max_abs_diff_cls_fp32": diff, **results,
     }, indent=1))
 
