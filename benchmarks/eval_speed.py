@@ -25,8 +25,8 @@ from harness import cpu_facts, log
 from dinolab import config as config_lib
 from dinolab.data.datasets import FMNIST_DIR, FashionMNIST
 from dinolab.device import resolve
-from dinolab.eval.suite import PROTOCOLS, Evaluation, load_backbone, metric_rows
-from dinolab.train.trainer import build_backbone
+from dinolab.eval.suite import PROTOCOLS, Evaluation, metric_rows, model_to_evaluate
+from dinolab.models.build import build_backbone
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if args.checkpoint:
-        model, cfg = load_backbone(args.checkpoint, args.model)
+        model, cfg = model_to_evaluate(args.checkpoint, args.model)
     else:
         cfg = config_lib.load("dino_vit_tiny_fmnist")
         torch.manual_seed(0)

@@ -22,7 +22,7 @@ from PIL import Image
 from dinolab.data.datasets import FMNIST_CLASSES, FashionMNIST
 from dinolab.viz.attention import write_attention_figures
 from dinolab.viz.explorer import build_explorer
-from dinolab.viz.inputs import load_model
+from dinolab.viz.inputs import VizModel
 from dinolab.viz.pca import write_pca_figures
 
 CHROMIUM_FLAGS = [
@@ -78,7 +78,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(args.checkpoint)
+    model = VizModel.from_checkpoint(args.checkpoint)
     test = FashionMNIST(args.fmnist_dir, split="test")
     first_of_class = [int((test.labels == c).nonzero()[0]) for c in range(len(FMNIST_CLASSES))]
     names = [f"{i}_{FMNIST_CLASSES[test.labels[i]].replace('/', '-').replace(' ', '-')}" for i in range(200)]

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from dinolab.data.datasets import FashionMNIST
-from dinolab.train.trainer import build_backbone, teacher_from_checkpoint
+from dinolab.eval.baselines import random_init_like
+from dinolab.hub import load_model
 from dinolab.viz.inputs import VizModel
 from dinolab.viz.silhouette import iou_markdown, silhouette_scores
 
@@ -42,9 +43,9 @@ def main() -> None:
     torch.set_num_threads(1)
 
     images = FashionMNIST(args.fmnist_dir, split="test").images[: args.n].permute(0, 2, 3, 1).numpy()
-    trained, cfg = teacher_from_checkpoint(args.checkpoint)
-    torch.manual_seed(args.seed)
-    random_init = build_backbone(cfg, drop_path_rate=0.0).eval()
+    loaded = load_model(args.checkpoint)
+    trained, cfg = loaded.backbone, loaded.config
+    random_init = random_init_like(trained, args.seed)
     start = time.perf_counter()
     scores = {
         name: silhouette_scores(VizModel(backbone, tuple(cfg.data.mean), tuple(cfg.data.std)), images,
