@@ -128,7 +128,7 @@ def tiny_config(data_path: Path, output_dir: Path, **sections: dict) -> Config:
     raw["data"]["path"] = str(data_path)
     raw["train"]["output_dir"] = str(output_dir)
     for section, values in sections.items():
-        raw[section].update(values)
+        raw.setdefault(section, {}).update(values)
     return config_lib.from_dict(raw)
 
 

@@ -400,7 +400,7 @@ def test_multicrop_wrapper_groups_by_resolution(sizes: list[int], expected_calls
     wrapper = MultiCropWrapper(backbone, head).eval()
     crops = [torch.randn(3, 1, s, s) for s in sizes]
     with torch.no_grad():
-        out = wrapper(crops)
+        out = wrapper(crops).cls_logits
         assert backbone.calls == expected_calls
         assert out.shape == (3 * len(sizes), 64)
         separately = torch.cat([head(backbone.inner(c)) for c in crops])

@@ -365,8 +365,8 @@ def test_distillation_keeps_the_teacher_frozen_and_trains_the_student(
     # the first step's loss is built from the frozen teacher's targets
     crops = random_crops(8, seed=0)
     with torch.no_grad():
-        t_out = frozen.forward_crops(crops[:2], torch.ones(16, 16, dtype=torch.bool))
-        s_out = trainer.student.forward_crops(crops, torch.ones(16, 16, dtype=torch.bool))
+        t_out = frozen(crops[:2], torch.ones(16, 16, dtype=torch.bool))
+        s_out = trainer.student(crops, torch.ones(16, 16, dtype=torch.bool))
         dino, _ = DINOLoss(64, centering="sinkhorn")(s_out.cls_logits, t_out.cls_logits, 0.04)
         ibot, _ = IBOTPatchLoss(64, centering="sinkhorn")(
             s_out.patch_logits, t_out.patch_logits, torch.ones(16, 16, dtype=torch.bool), 0.05)

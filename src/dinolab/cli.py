@@ -47,13 +47,34 @@ RUNTIME = (_arg("--device", default="auto"), _arg("--precision", default="auto")
 def _train(args: argparse.Namespace) -> None:
     from dinolab.train import fit
 
+    if args.nproc > 1:
+        _train_in_processes(args)
+        return
+
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
     cfg = config_lib.load(args.config, overrides)
     resume: str | bool = args.resume if args.resume else not args.no_resume
     result = fit(cfg, resume=resume, quiet=args.quiet)
+    if result.preempted:
+        print(f"stopped by {result.preempted} after saving; run the same command to resume")
     print(f"run directory: {result.run_dir}")
+
+
+def _train_in_processes(args: argparse.Namespace) -> None:
+    """`dinolab train ... --nproc N`: the same command under torchrun on this machine (N processes, DDP)."""
+    import subprocess
+
+    argv = [a for a in args.argv if not a.startswith("--nproc")]
+    if "--nproc" in args.argv:  # `--nproc N`: drop its value too
+        at = args.argv.index("--nproc")
+        argv = args.argv[:at] + args.argv[at + 2:]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "dinolab", *argv]
+    done = subprocess.run(command)
+    if done.returncode:
+        raise SystemExit(done.returncode)
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,6 +86,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--output-dir", help="run directory (same as train.output_dir=...)")
     train.add_argument("--resume", metavar="CHECKPOINT", help="resume from this checkpoint file")
     train.add_argument("--no-resume", action="store_true", help="ignore a checkpoint already in the run dir")
+    train.add_argument("--nproc", type=int, default=1,
+                       help="processes on this machine (DDP; the same as torchrun --standalone --nproc_per_node N "
+                            "-m dinolab train ...); optim.batch_size stays the global batch")
     train.set_defaults(func=_train)
 
 
@@ -496,6 +520,7 @@ def configure_logging(verbose: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging(args.verbose)
     from dinolab.hub.export import MissingExtraError
     from dinolab.io import CheckpointError

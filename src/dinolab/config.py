@@ -128,7 +128,14 @@ class TrainConfig:
     num_threads: int = 0  # torch intra-op threads; 0 = leave torch's default
     log_every: int = 20  # iterations between metrics.jsonl lines
     save_every_epochs: int = 1
+    # also save checkpoint.pth mid-epoch every N iterations / M minutes (0 = off); a resumed run continues
+    # from that very batch. SIGTERM / SIGUSR1 (what schedulers send before preempting) save and stop too.
+    save_every_iterations: int = 0
+    save_every_minutes: float = 0.0
     keep_last: int = 2  # checkpoints kept besides checkpoint.pth
+    # Several processes (torchrun): auto = DDP when launched with more than one, none = refuse more than one.
+    parallel: str = "auto"  # auto | none | ddp
+    collective_timeout_minutes: float = 10.0  # a rank that died or hangs fails the others after this long
 
 
 @dataclass
@@ -347,6 +354,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
+PARALLEL_MODES = ("auto", "none", "ddp")
 ARCHS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant")
 
 
@@ -392,6 +400,10 @@ def validate(cfg: Config) -> None:
         (cfg.train.log_every >= 1 and cfg.train.save_every_epochs >= 1, "train.log_every/save_every_epochs",
          "must be >= 1"),
         (cfg.train.keep_last >= 1, "train.keep_last", "must be >= 1"),
+        (cfg.train.save_every_iterations >= 0 and cfg.train.save_every_minutes >= 0, "train.save_every_*",
+         "must be >= 0 (0 = off)"),
+        (cfg.train.parallel in PARALLEL_MODES, "train.parallel", f"must be one of {', '.join(PARALLEL_MODES)}"),
+        (cfg.train.collective_timeout_minutes > 0, "train.collective_timeout_minutes", "must be positive"),
         (all(k >= 1 for k in cfg.eval.knn_k), "eval.knn_k", "every k must be >= 1"),
         (cfg.eval.knn_temperature > 0, "eval.knn_temperature", "must be positive"),
         (cfg.eval.knn_every >= 0, "eval.knn_every", "must be >= 0 (0 = off)"),

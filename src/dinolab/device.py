@@ -39,6 +39,9 @@ def resolve(device: str = "auto", precision: str = "auto") -> Runtime:
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+    if dev.type == "cuda":  # fp32 matmuls (the parts autocast leaves in fp32) on tensor cores, as DINOv2 does
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if precision == "fp16" and dev.type != "cuda":
         raise ValueError("fp16 autocast is only supported on CUDA here; use precision=bf16 or fp32 on CPU")
     return Runtime(dev, precision)

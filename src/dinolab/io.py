@@ -229,9 +229,10 @@ def short_list(items: Any, limit: int = 8) -> str:
 # --- the training state --------------------------------------------------------------------------------------------
 # A dinolab checkpoint is one dict: the trainer's entries (student, teacher: MultiCropWrapper state dicts whose
 # backbone keys start with "backbone."; optimizer; dino_loss / ibot_loss centers; scaler), then where training
-# stands (epoch, iteration), the RNG states and the resolved config.
+# stands (epoch: epochs completed; batches_done: batches of the next epoch already trained, for mid-epoch
+# saves; iteration), the RNG states (rng: rank 0's; rng_by_rank: every rank's, in multi-process runs) and
+# the resolved config.
 
-PROGRESS_KEYS = ("epoch", "iteration", "rng", "config")
 BACKBONE_PREFIX = "backbone."
 
 
@@ -251,14 +252,26 @@ class TrainingCheckpoint:
     def iteration(self) -> int:
         return int(self.state.get("iteration", 0))
 
+    @property
+    def batches_done(self) -> int:
+        """Batches of epoch `epoch` (0-based) already trained: a mid-epoch save resumes after them."""
+        return int(self.state.get("batches_done", 0))
+
     def backbone_weights(self, entry: str = "teacher") -> dict[str, Tensor]:
         """The ViT's weights inside `entry` (the EMA teacher by default: the model DINO evaluates)."""
         return {k.removeprefix(BACKBONE_PREFIX): v for k, v in self.state[entry].items()
                 if k.startswith(BACKBONE_PREFIX)}
 
-    def restore_rng(self) -> None:
-        """Put the global RNGs back where they were when the checkpoint was saved (bit-identical resume)."""
+    def restore_rng(self, rank: int = 0, world_size: int = 1) -> bool:
+        """Put this rank's global RNGs back where they were when the checkpoint was saved (bit-identical
+        resume). Returns False when the checkpoint has no state for this rank (another world size): rank
+        0's is restored then, and the caller decides how the other ranks diverge from it."""
+        by_rank = self.state.get("rng_by_rank")
+        if by_rank is not None and len(by_rank) == world_size:
+            set_rng_state(by_rank[rank])
+            return True
         set_rng_state(self.state["rng"])
+        return rank == 0 and world_size == 1
 
 
 def is_training_checkpoint(obj: dict[str, Any]) -> bool:
@@ -277,9 +290,20 @@ def read_training_checkpoint(source: str | Path) -> TrainingCheckpoint:
     return TrainingCheckpoint(path, state, from_dict(state["config"]))
 
 
-def training_state(trainer_state: dict[str, Any], epoch: int, iteration: int, config: Config) -> dict[str, Any]:
+def training_state(
+    trainer_state: dict[str, Any],
+    epoch: int,
+    iteration: int,
+    config: Config,
+    batches_done: int = 0,
+    rng_by_rank: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The dict a checkpoint holds: the trainer's entries plus progress, RNG states and config."""
-    return {**trainer_state, "epoch": epoch, "iteration": iteration, "rng": rng_state(), "config": config.to_dict()}
+    state = {**trainer_state, "epoch": epoch, "batches_done": batches_done, "iteration": iteration,
+             "rng": rng_state(), "config": config.to_dict()}
+    if rng_by_rank is not None:
+        state["rng_by_rank"] = rng_by_rank
+    return state
 
 
 def save_run_checkpoint(state: dict[str, Any], run_dir: str | Path, epoch: int, keep_last: int) -> Path:

@@ -18,6 +18,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from dinolab.distributed import computed_on_main
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -100,8 +102,9 @@ class ImageFolder(Dataset):
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
         self.root, self.size, self.resize_size, self.channels = root, size, resize_size or size, channels
-        self.files = sorted(
-            p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        # listed once, by rank 0, and shared: every process of a run sees the same files in the same order
+        self.files = computed_on_main(
+            lambda: sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
         )
         if not self.files:
             raise ValueError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")

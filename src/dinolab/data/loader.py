@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from dinolab.config import NUM_GLOBAL_CROPS, DataConfig, MaskConfig
 from dinolab.data.datasets import FashionMNIST, ImageFolder, collate_images
 from dinolab.data.masking import BlockMasking
-from dinolab.data.transforms import MultiCropAugmentation, dino_crop_specs
+from dinolab.data.transforms import MultiCropAugmentation, Rows, dino_crop_specs
 
 
 def build_dataset(cfg: DataConfig, in_chans: int, split: str | None = None, path: str | None = None) -> Dataset:
@@ -69,7 +69,11 @@ class Batch(NamedTuple):
 
 
 class MultiCropBatches(Dataset):
-    """Item i = batch i of one epoch, augmented (and masked) in the loader worker: a `Batch`."""
+    """Item i = batch i of one epoch, augmented (and masked) in the loader worker: a `Batch`.
+
+    The batch is the global batch of the run; a process of a multi-process run takes the rows `rows` of it.
+    Random draws are made for the whole global batch and each image takes those of its position, so a
+    sample's crops and masks do not depend on the number of processes (nor on unreadable neighbours)."""
 
     def __init__(
         self,
@@ -80,23 +84,31 @@ class MultiCropBatches(Dataset):
         epoch: int,
         start_batch: int = 0,
         masking: BlockMasking | None = None,
+        rows: slice = slice(None),
     ):
         self.dataset, self.augmentation, self.masking = dataset, augmentation, masking
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         self.batches = order[: batches_per_epoch(dataset, batch_size) * batch_size].view(-1, batch_size)
         self.seed, self.epoch, self.start_batch = seed, epoch, start_batch
+        self.positions = torch.arange(batch_size)[rows]  # this process's positions in the global batch
 
     def __len__(self) -> int:
         return len(self.batches) - self.start_batch
 
     def __getitem__(self, i: int) -> Batch:
         index = self.start_batch + i
-        images, labels, skipped = collate_images([self.dataset[int(j)] for j in self.batches[index]])
+        samples = [self.dataset[int(j)] for j in self.batches[index][self.positions]]
+        images, labels, skipped = collate_images(samples)
         if len(images) == 0:
             return Batch([], labels, skipped, None)
+        positions = self.positions[[k for k, sample in enumerate(samples) if sample is not None]]
+        total = self.batches.shape[1]
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF)
-        crops = self.augmentation(images, g)
-        masks = self.masking(NUM_GLOBAL_CROPS * len(images), g) if self.masking is not None else None
+        crops = self.augmentation(images, g, Rows(total, positions))
+        masks = None
+        if self.masking is not None:  # drawn for every global crop of the global batch, view-major
+            every = self.masking(NUM_GLOBAL_CROPS * total, g)
+            masks = torch.cat([every[view * total + positions] for view in range(NUM_GLOBAL_CROPS)])
         return Batch(crops, labels, skipped, masks)
 
 

@@ -51,6 +51,8 @@ def build_model(cfg: Config, drop_path_rate: float | None = None) -> MultiCropWr
 def build_student_teacher(cfg: Config) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     """Student with stochastic depth, teacher without; the teacher starts as a copy of the student."""
     student = build_model(cfg)
+    if not cfg.mask.enabled:  # nothing is masked: the mask token is not trained (and DDP must not wait for it)
+        student.backbone.mask_token.requires_grad_(False)
     teacher = build_model(cfg, drop_path_rate=0.0)
     teacher.load_state_dict(student.state_dict())
     teacher.requires_grad_(False)

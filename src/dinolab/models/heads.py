@@ -78,11 +78,7 @@ class MultiCropWrapper(nn.Module):
         self.patch_head = patch_head
         self.shared_head = shared_head
 
-    def forward(self, crops: list[Tensor]) -> Tensor:
-        """[CLS] logits of every crop (the DINO setting)."""
-        return self.forward_crops(crops).cls_logits
-
-    def forward_crops(
+    def forward(
         self, crops: list[Tensor], scored_patches: Tensor | None = None, hide_scored: bool = False
     ) -> CropOutputs:
         """`scored_patches`: (NUM_GLOBAL_CROPS*B, patches) bool over the global crops, the patches the iBOT

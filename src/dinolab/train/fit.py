@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from dinolab import config as config_lib
-from dinolab.config import Config
+from dinolab.config import Config, ConfigError
 from dinolab.data.loader import (
     MultiCropBatches,
     batches_per_epoch,
@@ -24,11 +24,19 @@ from dinolab.data.loader import (
     build_masking,
     multicrop_loader,
 )
-from dinolab.device import resolve
-from dinolab.io import LATEST, read_training_checkpoint, save_run_checkpoint, training_state
+from dinolab.device import Runtime, resolve
+from dinolab.distributed import (
+    World,
+    all_reduce_int,
+    destroy_process_group,
+    init_process_group,
+    world_from_environment,
+)
+from dinolab.io import LATEST, read_training_checkpoint
 from dinolab.models.vit import VisionTransformer
 from dinolab.progress import progress
 from dinolab.progress import write as write_line
+from dinolab.train.checkpointing import Checkpointing
 from dinolab.train.monitor import TrainingMonitor
 from dinolab.train.report import write_report
 from dinolab.train.schedules import Schedules, StepSchedule
@@ -43,6 +51,7 @@ class FitResult:
     epochs_done: int
     last_metrics: dict[str, float]
     backbone: VisionTransformer  # the EMA teacher's backbone: the model DINO evaluates
+    preempted: str | None = None  # the signal that stopped the run early (after saving), if one did
 
 
 def fit(
@@ -50,88 +59,148 @@ def fit(
 ) -> FitResult:
     """Train as `cfg` says; resume from `resume` (a file), or from the run dir's last checkpoint if True.
 
-    `max_iterations` stops early (for tests and benchmarks); schedules still span the full config.
+    Under torchrun every process calls this; each trains on its slice of the global batch (DDP) and rank 0
+    logs and saves. `max_iterations` stops early (tests, benchmarks); schedules still span the full config.
     Resuming a lower-resolution checkpoint with larger crops and model.img_size is the high-resolution
     phase: position embeddings are resized once and training continues with the new config's schedules.
     """
-    run_dir, runtime = prepare_run(cfg), resolve(cfg.train.device, cfg.train.precision)
+    world = world_from_environment()
+    run_dir, runtime = prepare_run(cfg, world), resolve_runtime(cfg, world)
+    init_process_group(world, runtime.device.type, cfg.train.collective_timeout_minutes)
     dataset = build_dataset(cfg.data, cfg.model.in_chans)
     iters_per_epoch = iterations_per_epoch(dataset, cfg.optim.batch_size)
     augmentation = build_augmentation(cfg.data)
     masking = build_masking(cfg.mask, cfg.data.global_crops_size, cfg.model.patch_size)
-    trainer, schedules = Trainer(cfg, runtime), Schedules(cfg, iters_per_epoch)
-    start_epoch = resume_training(trainer, resume, run_dir)
-    iteration = start_epoch * iters_per_epoch
+    trainer, schedules = Trainer(cfg, runtime, world), Schedules(cfg, iters_per_epoch)
+    start_epoch, start_batch = resume_training(trainer, resume, run_dir, cfg, world)
+    iteration = start_epoch * iters_per_epoch + start_batch
     stop_at = iteration + max_iterations if max_iterations is not None else None
-    monitor = TrainingMonitor(cfg, runtime, run_dir, iters_per_epoch, start_iteration=iteration)
-    log.info("training %s (%.1fM params) on %d images, %d iters/epoch, %s %s", cfg.model.arch,
-             sum(p.numel() for p in trainer.student.backbone.parameters()) / 1e6, len(dataset), iters_per_epoch,
-             runtime.device, runtime.precision)
-    skipped, epochs = 0, cfg.optim.epochs
+    monitor = TrainingMonitor(cfg, runtime, run_dir, iters_per_epoch, iteration, world)
+    checkpointing = Checkpointing(cfg, world, run_dir)
+    log_start(cfg, trainer, dataset, iters_per_epoch, runtime, world)
+    skipped, epochs, stopped, preempted, quiet = 0, cfg.optim.epochs, False, None, quiet or not world.is_main
     try:
-        for epoch in range(start_epoch, epochs):
-            batches = MultiCropBatches(dataset, augmentation, cfg.optim.batch_size, cfg.train.seed, epoch,
-                                       masking=masking)
-            bar = progress(multicrop_loader(batches, cfg.data.num_workers), desc=f"epoch {epoch + 1}/{epochs}",
-                           disable=quiet)
-            for i, (crops, _, batch_skipped, masks) in enumerate(bar):
-                skipped += batch_skipped
-                if not crops:
-                    continue
-                schedule = schedules.at(epoch * iters_per_epoch + i)
-                iteration = epoch * iters_per_epoch + i + 1
-                where = f"epoch {epoch + 1}, iteration {iteration - 1}"
-                loss, stats = checked_step(trainer, crops, schedule, masks, where, run_dir)
-                record = monitor.after_step(iteration, loss, stats, schedule, len(crops[0]), trainer.teacher.backbone)
-                if record:
-                    bar.set_postfix(loss=f"{record['loss']:.3f}", H=f"{record['teacher_entropy']:.2f}")
-                if stop_at is not None and iteration >= stop_at:
+        with checkpointing.catching_preemption():
+            for epoch in range(start_epoch, epochs):
+                first = start_batch if epoch == start_epoch else 0
+                batches = MultiCropBatches(dataset, augmentation, cfg.optim.batch_size, cfg.train.seed, epoch, first,
+                                           masking, rows=world.rows(cfg.optim.batch_size))
+                bar = progress(multicrop_loader(batches, cfg.data.num_workers), desc=f"epoch {epoch + 1}/{epochs}",
+                               disable=quiet)
+                for i, (crops, _, batch_skipped, masks) in enumerate(bar, start=first):
+                    skipped += batch_skipped
+                    if not all_ranks_have(crops, world):  # a batch nobody (or somebody) could read: skip it
+                        continue
+                    schedule = schedules.at(epoch * iters_per_epoch + i)
+                    iteration = epoch * iters_per_epoch + i + 1
+                    where = f"epoch {epoch + 1}, iteration {iteration - 1}"
+                    loss, stats = checked_step(trainer, crops, schedule, masks, where, run_dir)
+                    evaluated = trainer.teacher.backbone
+                    if record := monitor.after_step(iteration, loss, stats, schedule, len(crops[0]), evaluated):
+                        bar.set_postfix(loss=f"{record['loss']:.3f}", H=f"{record['teacher_entropy']:.2f}")
+                    save, stop = checkpointing.after_step(iteration)
+                    if save and i + 1 < iters_per_epoch:  # mid-epoch; epoch ends are saved below
+                        checkpointing.save(trainer, epoch, i + 1, iteration)
+                    preempted = checkpointing.received if stop else None
+                    stopped = stop or (stop_at is not None and iteration >= stop_at)
+                    if stopped:
+                        break
+                bar.close()
+                skipped = report_skipped(skipped, world)
+                if stopped and iteration % iters_per_epoch:  # stopped mid-epoch (saved above if preempted)
                     break
-            bar.close()
-            if skipped:
-                log.warning("skipped %d unreadable images so far (see --verbose for names)", skipped)
-            stopping = stop_at is not None and iteration >= stop_at
-            if stopping and iteration % iters_per_epoch:  # stopped mid-epoch: nothing to checkpoint
-                break
-            if (epoch + 1) % cfg.train.save_every_epochs == 0 or epoch + 1 == epochs:
-                state = training_state(trainer.state_dict(), epoch + 1, iteration, cfg)
-                save_run_checkpoint(state, run_dir, epoch + 1, cfg.train.keep_last)
-            if not quiet:
-                summary = ", ".join(f"{k} {v:.4g}" for k, v in monitor.last.items() if k not in ("iteration", "epoch"))
-                write_line(f"epoch {epoch + 1}/{epochs}: {summary}")
-            if stopping:
-                break
+                if (epoch + 1) % cfg.train.save_every_epochs == 0 or epoch + 1 == epochs or preempted:
+                    checkpointing.save(trainer, epoch + 1, 0, iteration)
+                if not quiet:
+                    write_line(f"epoch {epoch + 1}/{epochs}: {monitor.summary()}")
+                if stopped:
+                    break
     finally:
         monitor.close()
-    write_report(run_dir, cfg, skipped_images=skipped)
-    return FitResult(run_dir, iteration // iters_per_epoch, monitor.last, trainer.teacher.backbone)
+        destroy_process_group()
+    if preempted:
+        log.warning("%s received: saved %s at iteration %d and stopped; run the same command to resume",
+                    preempted, run_dir / LATEST, iteration)
+    if world.is_main:
+        write_report(run_dir, cfg, skipped_images=skipped)
+    return FitResult(run_dir, iteration // iters_per_epoch, monitor.last, trainer.teacher.backbone, preempted)
 
 
-def prepare_run(cfg: Config) -> Path:
-    """Validate, create the run directory with the resolved config.yaml, set threads and the seed."""
+def prepare_run(cfg: Config, world: World) -> Path:
+    """Validate (with the world size), create the run directory with the resolved config.yaml (rank 0),
+    set threads and the seed (the same on every rank, so all build the same initial model)."""
     config_lib.validate(cfg)
+    check_world(cfg, world)
     run_dir = Path(cfg.train.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, run_dir / "config.yaml")
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_lib.save(cfg, run_dir / "config.yaml")
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     torch.manual_seed(cfg.train.seed)
     return run_dir
 
 
-def resume_training(trainer: Trainer, resume: str | Path | bool, run_dir: Path) -> int:
+def check_world(cfg: Config, world: World) -> None:
+    """Refuse, before any work, a process count the config cannot use."""
+    if world.distributed and cfg.train.parallel == "none":
+        raise ConfigError(f"train.parallel=none, but {world.size} processes were started; set train.parallel=ddp "
+                          "(or auto), or start one process")
+    if cfg.optim.batch_size % world.size:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is the global batch and must divide evenly "
+                          f"over the {world.size} processes; use a multiple of {world.size}")
+
+
+def resolve_runtime(cfg: Config, world: World) -> Runtime:
+    """Device and precision; with several processes on CUDA each takes the GPU of its local rank."""
+    device = cfg.train.device
+    if world.distributed and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{world.local_rank}"
+        torch.cuda.set_device(world.local_rank)
+    return resolve(device, cfg.train.precision)
+
+
+def resume_training(
+    trainer: Trainer, resume: str | Path | bool, run_dir: Path, cfg: Config, world: World
+) -> tuple[int, int]:
     """Restore `resume` (a file), or the run dir's last checkpoint when `resume` is True and one exists:
-    weights, optimizer, centers and RNG states. Returns the epoch to start from."""
+    weights, optimizer, centers and RNG states. Returns where to continue: (epoch, batch within it).
+    Ranks other than 0 then draw their own randomness (drop path) from a seed of their own."""
     path = Path(resume) if isinstance(resume, (str, Path)) else run_dir / LATEST
     if resume is False or not path.exists():
         if isinstance(resume, (str, Path)):
             raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
-        return 0
+        if world.rank:
+            torch.manual_seed(cfg.train.seed + world.rank)
+        return 0, 0
     checkpoint = read_training_checkpoint(path)
     trainer.load_state_dict(checkpoint.state, f"checkpoint {path}")
-    checkpoint.restore_rng()
-    log.info("resumed from %s at epoch %d", path, checkpoint.epoch)
-    return checkpoint.epoch
+    if not checkpoint.restore_rng(world.rank, world.size) and world.rank:
+        torch.manual_seed(cfg.train.seed + world.rank + 100_003 * checkpoint.iteration)
+    log.info("resumed from %s at epoch %d, batch %d", path, checkpoint.epoch, checkpoint.batches_done)
+    return checkpoint.epoch, checkpoint.batches_done
+
+
+def log_start(cfg: Config, trainer: Trainer, dataset: Dataset, iters_per_epoch: int, runtime: Runtime,
+              world: World) -> None:
+    params = sum(p.numel() for p in trainer.student.backbone.parameters()) / 1e6
+    per_rank = cfg.optim.batch_size // world.size
+    processes = f", {world.size} processes (DDP), {per_rank} images each" if world.distributed else ""
+    log.info("training %s (%.1fM params) on %d images, %d iters/epoch, %s %s%s", cfg.model.arch, params,
+             len(dataset), iters_per_epoch, runtime.device, runtime.precision, processes)
+
+
+def all_ranks_have(crops: list[Tensor], world: World) -> bool:
+    """Whether every rank has a batch this step (if one does not, all skip it together: no rank waits)."""
+    return all_reduce_int(int(bool(crops)), "min") == 1 if world.distributed else bool(crops)
+
+
+def report_skipped(skipped: int, world: World) -> int:
+    """Unreadable images so far, counted over all ranks (each rank passes its own count)."""
+    total = all_reduce_int(skipped) if world.distributed else skipped
+    if total:
+        log.warning("skipped %d unreadable images so far (see --verbose for names)", total)
+    return skipped
 
 
 def checked_step(
@@ -142,8 +211,8 @@ def checked_step(
         return trainer.step(crops, schedule, masks)
     except NonFiniteLossError as err:
         raise NonFiniteLossError(
-            f"{err} at {where}; the last good checkpoint ({run_dir / LATEST}) is kept. Try a lower optim.lr, "
-            "optim.clip_grad > 0, train.precision=fp32, or check the data."
+            f"{err} at {where}; the last good checkpoint ({run_dir / LATEST}) is kept. Try a lower "
+            "optim.lr, optim.clip_grad > 0, train.precision=fp32, or check the data."
         ) from None
 
 

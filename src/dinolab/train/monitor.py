@@ -19,6 +19,7 @@ from torch.utils.data import Subset
 from dinolab.config import Config
 from dinolab.data.loader import build_eval_dataset
 from dinolab.device import Runtime
+from dinolab.distributed import ONE_PROCESS, World, all_reduce_mean
 from dinolab.eval.knn import knn
 from dinolab.io import METRICS, read_metrics
 from dinolab.train.schedules import StepSchedule
@@ -77,12 +78,18 @@ class KNNMonitor:
 
 class TrainingMonitor:
     """Per-iteration bookkeeping of `fit`: which steps are logged, img/s over the window since the last log
-    line, the k-NN check (every `eval.knn_every` iterations and at epoch ends) and collapse warnings."""
+    line, the k-NN check (every `eval.knn_every` iterations and at epoch ends) and collapse warnings.
 
-    def __init__(self, cfg: Config, runtime: Runtime, run_dir: Path, iters_per_epoch: int, start_iteration: int):
-        self.cfg, self.iters_per_epoch = cfg, iters_per_epoch
-        self.metrics = MetricsLog(run_dir, start_iteration=start_iteration)
-        self.knn = KNNMonitor(cfg, runtime) if cfg.eval.knn_every else None
+    In a multi-process run every rank calls it at every step; logged values are averaged over the ranks and
+    rank 0 alone writes metrics.jsonl and TensorBoard, runs the k-NN check and warns."""
+
+    def __init__(
+        self, cfg: Config, runtime: Runtime, run_dir: Path, iters_per_epoch: int, start_iteration: int,
+        world: World = ONE_PROCESS,
+    ):
+        self.cfg, self.iters_per_epoch, self.world = cfg, iters_per_epoch, world
+        self.metrics = MetricsLog(run_dir, start_iteration=start_iteration) if world.is_main else None
+        self.knn = KNNMonitor(cfg, runtime) if cfg.eval.knn_every and world.is_main else None
         self.last: dict[str, float] = {}
         self._window_start, self._window_images = time.perf_counter(), 0
 
@@ -91,16 +98,17 @@ class TrainingMonitor:
         evaluated: nn.Module,
     ) -> dict[str, float] | None:
         """Account for a finished step (`iteration` counts it); returns the record when this step is logged."""
-        self._window_images += images
+        self._window_images += images * self.world.size
         end_of_epoch = iteration % self.iters_per_epoch == 0
-        check_knn = self.knn is not None and (iteration % self.cfg.eval.knn_every == 0 or end_of_epoch)
+        check_knn = self.cfg.eval.knn_every > 0 and (iteration % self.cfg.eval.knn_every == 0 or end_of_epoch)
         if not (iteration % self.cfg.train.log_every == 0 or end_of_epoch or check_knn):
             return None
+        stats = all_reduce_mean({"loss": loss, **stats})  # every rank takes part; rank 0 writes
         elapsed = time.perf_counter() - self._window_start
         record: dict[str, Any] = {
             "iteration": iteration,
             "epoch": iteration / self.iters_per_epoch,
-            "loss": loss.item(),
+            "loss": stats.pop("loss").item(),
             "lr": schedule.lr,
             "wd": schedule.weight_decay,
             "momentum": schedule.momentum,
@@ -109,17 +117,24 @@ class TrainingMonitor:
             **{k: v.item() for k, v in stats.items()},
             "img_per_s": self._window_images / max(elapsed, 1e-9),
         }
-        if check_knn:
+        self.last = record
+        self._window_start, self._window_images = time.perf_counter(), 0
+        if not self.world.is_main:
+            return record
+        if self.knn is not None and check_knn:
             record["knn_top1"] = self.knn(evaluated)
         self.metrics.write(record)
-        self.last = record
         if iteration > self.iters_per_epoch:  # targets are still forming during the first epoch
             warn_on_collapse(record, self.cfg)
-        self._window_start, self._window_images = time.perf_counter(), 0
         return record
 
+    def summary(self) -> str:
+        """The last logged values on one line (the end-of-epoch message)."""
+        return ", ".join(f"{k} {v:.4g}" for k, v in self.last.items() if k not in ("iteration", "epoch"))
+
     def close(self) -> None:
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 def collapse_warning(teacher_entropy: float, num_prototypes: int) -> str | None:

@@ -17,6 +17,7 @@ from torch.profiler import record_function
 
 from dinolab.config import NUM_GLOBAL_CROPS, Config
 from dinolab.device import Runtime
+from dinolab.distributed import ONE_PROCESS, World
 from dinolab.io import CheckpointError, load_state_strict
 from dinolab.losses.dino import DINOLoss
 from dinolab.losses.ibot import IBOTPatchLoss
@@ -39,14 +40,21 @@ class Trainer:
 
     `teacher` is always the EMA of the student (a MultiCropWrapper: backbone + heads): the model that is
     evaluated and saved as "teacher". It also produces the targets, except in distillation, where
-    `target_model`, a frozen trained model, does.
+    `target_model`, a frozen trained model, does. In a multi-process run the student runs wrapped in DDP
+    (`student_ddp`), which averages the gradients over the ranks; the EMA then stays identical on all of them.
     """
 
-    def __init__(self, cfg: Config, runtime: Runtime):
+    def __init__(self, cfg: Config, runtime: Runtime, world: World = ONE_PROCESS):
         self.runtime = runtime
         self.student, self.teacher = build_student_teacher(cfg)
         self.student.to(runtime.device).train()
         self.teacher.to(runtime.device)
+        self.student_ddp = self.student
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            self.student_ddp = DistributedDataParallel(self.student, device_ids=device_ids)
         self.target_model = (
             load_distillation_teacher(cfg).to(runtime.device) if cfg.distill.teacher_checkpoint else self.teacher
         )
@@ -88,9 +96,9 @@ class Trainer:
             scored = None
         with self.runtime.autocast():
             with torch.no_grad(), phase("teacher_forward"):
-                teacher_out = self.target_model.forward_crops(crops[:NUM_GLOBAL_CROPS], scored)
+                teacher_out = self.target_model(crops[:NUM_GLOBAL_CROPS], scored)
             with phase("student_forward"):
-                student_out = self.student.forward_crops(crops, scored, hide_scored=hide_scored)
+                student_out = self.student_ddp(crops, scored, hide_scored=hide_scored)
         with phase("loss"):
             loss, stats = self._losses(student_out, teacher_out, scored, schedule)
         if not torch.isfinite(loss):

@@ -1,0 +1,80 @@
+"""When a run saves and when it stops: at epoch ends (`train.save_every_epochs`), mid-epoch every
+`train.save_every_iterations` iterations or `train.save_every_minutes` minutes, and at once on SIGTERM or
+SIGUSR1 — what SLURM and cloud schedulers send before they preempt a job — after which the run stops cleanly
+and a restart resumes from that very batch.
+
+Every rank takes the same decision at the same step (one tiny all-reduce when there are several); rank 0
+writes the file, atomically, so a kill at any moment leaves the previous checkpoint the one resume picks.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from dinolab.config import Config
+from dinolab.distributed import World, all_gather_object, all_reduce_int, barrier
+from dinolab.io import LATEST, atomic_save, rng_state, save_run_checkpoint, training_state
+from dinolab.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_SAVE, _STOP = 1, 2  # decisions, ordered so that the max over the ranks is what all must do
+
+
+class Checkpointing:
+    """Decides, step by step, whether to save and whether to stop; saves the training state."""
+
+    def __init__(self, cfg: Config, world: World, run_dir: Path):
+        self.cfg, self.world, self.run_dir = cfg, world, run_dir
+        self.every_iterations = cfg.train.save_every_iterations
+        self.every_seconds = cfg.train.save_every_minutes * 60
+        self.last_save = time.monotonic()
+        self.received: str | None = None  # the name of the preemption signal, once one arrived
+
+    @contextmanager
+    def catching_preemption(self) -> Iterator[None]:
+        """While training, SIGTERM / SIGUSR1 only set a flag; the step in progress finishes first."""
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+
+        def note(signum: int, _frame: FrameType | None) -> None:
+            self.received = signal.Signals(signum).name
+
+        previous = {s: signal.signal(s, note) for s in PREEMPTION_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def after_step(self, iteration: int) -> tuple[bool, bool]:
+        """(save now, stop after saving), the same on every rank."""
+        decision = _STOP if self.received else 0
+        if self.every_iterations and iteration % self.every_iterations == 0:
+            decision = max(decision, _SAVE)
+        if self.every_seconds and time.monotonic() - self.last_save >= self.every_seconds:
+            decision = max(decision, _SAVE)
+        if self.world.distributed:
+            decision = all_reduce_int(decision, "max")
+        return decision >= _SAVE, decision == _STOP
+
+    def save(self, trainer: Trainer, epochs_done: int, batches_done: int, iteration: int) -> None:
+        """checkpoint.pth at this position; at an epoch end (batches_done 0) also checkpoint_EPOCH.pth."""
+        rng_by_rank = all_gather_object(rng_state()) if self.world.distributed else None
+        if self.world.is_main:
+            state = training_state(trainer.state_dict(), epochs_done, iteration, self.cfg, batches_done, rng_by_rank)
+            if batches_done:
+                atomic_save(state, self.run_dir / LATEST)
+            else:
+                save_run_checkpoint(state, self.run_dir, epochs_done, self.cfg.train.keep_last)
+        barrier()  # no rank runs ahead (or exits) before the file is complete
+        self.last_save = time.monotonic()
