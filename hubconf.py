@@ -6,21 +6,7 @@ architecture. The names and architectures are those of the official DINO, iBOT a
 
 dependencies = ["torch", "torchvision", "safetensors"]
 
-from dinolab.hub import (  # noqa: E402, F401
-    dino_resnet50,
-    dino_vitb8,
-    dino_vitb16,
-    dino_vits8,
-    dino_vits16,
-    dinov2_vitb14,
-    dinov2_vitb14_reg,
-    dinov2_vitg14,
-    dinov2_vitg14_reg,
-    dinov2_vitl14,
-    dinov2_vitl14_reg,
-    dinov2_vits14,
-    dinov2_vits14_reg,
-    ibot_vitb16,
-    ibot_vitl16,
-    ibot_vits16,
-)
+from dinolab.hub import MODEL_SPECS, constructors  # noqa: E402
+
+# one module-level name per released backbone (torch.hub looks entry points up by name)
+globals().update({name: getattr(constructors, name) for name in (*MODEL_SPECS, "dino_resnet50")})

@@ -16,6 +16,7 @@ iBOT's names for the parts they have. The other layouts read here:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -101,18 +102,28 @@ _HF_EMBEDDINGS = {
 }
 
 
+def _block_entries(
+    state: dict[str, Tensor], embeddings: dict[str, str], block_pattern: str, out: dict[str, Tensor],
+    other: Callable[[str, Tensor], None],
+) -> Iterator[tuple[str, str, Tensor]]:
+    """Walk a state dict in one layout: embedding tensors go into `out` under their names in the other layout,
+    tensors of block i are yielded as (i, the rest of their name, value), anything else goes to `other`."""
+    for key, value in state.items():
+        if key in embeddings:
+            out[embeddings[key]] = value
+        elif match := re.match(block_pattern, key):
+            yield match[1], match[2], value
+        else:
+            other(key, value)
+
+
 def _from_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     fused: dict[str, dict[str, Tensor]] = {}  # dinolab key -> parts to concatenate (q, k, v / gate, up)
-    for key, value in state.items():
-        if key in _HF_EMBEDDINGS:
-            out[_HF_EMBEDDINGS[key]] = value
-            continue
-        match = re.match(r"encoder\.layer\.(\d+)\.(.+)$", key)
-        if not match:
-            out[key] = value  # unknown: reported as unexpected by the strict load
-            continue
-        block, rest = f"blocks.{match[1]}.", match[2]
+    # unknown keys are kept: the strict load reports them as unexpected
+    for index, rest, value in _block_entries(state, _HF_EMBEDDINGS, r"encoder\.layer\.(\d+)\.(.+)$", out,
+                                             out.__setitem__):
+        block = f"blocks.{index}."
         part = re.match(r"attention\.(?:attention\.)?(q_proj|k_proj|v_proj|query|key|value)\.(weight|bias)$", rest)
         if part:
             fused.setdefault(f"{block}attn.qkv.{part[2]}", {})[part[1][0]] = value
@@ -180,15 +191,13 @@ def _to_hf(state: dict[str, Tensor]) -> dict[str, Tensor]:
         "ls2.gamma": "layer_scale2.lambda1",
         "mlp.w3.": "mlp.down_proj.",
     }
-    out = {}
-    for key, value in state.items():
-        if key in to_hf_embeddings:
-            out[to_hf_embeddings[key]] = value
-            continue
-        match = re.match(r"blocks\.(\d+)\.(.+)$", key)
-        if not match:
-            raise ValueError(f"no HF transformers name for {key}")
-        layer, rest = f"encoder.layer.{match[1]}.", match[2]
+    out: dict[str, Tensor] = {}
+
+    def no_hf_name(key: str, _value: Tensor) -> None:
+        raise ValueError(f"no HF transformers name for {key}")
+
+    for index, rest, value in _block_entries(state, to_hf_embeddings, r"blocks\.(\d+)\.(.+)$", out, no_hf_name):
+        layer = f"encoder.layer.{index}."
         if rest.startswith("attn.qkv."):
             for name, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3), strict=True):
                 out[f"{layer}attention.{name}.{rest.split('.')[-1]}"] = chunk.clone()
