@@ -177,3 +177,41 @@ def test_a_world_the_config_cannot_use_is_refused_before_training(
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="train.parallel=none, but 2 processes"):
         fit(make_config("none", train={"parallel": "none"}), quiet=True)
+
+
+def test_fsdp_trains_like_one_process_and_its_checkpoints_resume_either_way(fmnist_dir: Path, tmp_path: Path) -> None:
+    """FSDP2 shards student and teacher over 2 processes; per-parameter clipping, the frozen last layer and the
+    EMA work on the shards. Its checkpoints hold the full state one process writes, so a run saved under FSDP
+    resumes in one process and a one-process run resumes under FSDP, both ending where a straight run ends."""
+    sections = {"optim": {"epochs": 2}, "model": {"drop_path_rate": 0.0}}
+    fit(tiny_config(fmnist_dir, tmp_path / "straight", **sections), quiet=True)
+    expected = read_checkpoint(tmp_path / "straight")
+
+    done = torchrun(tiny_config(fmnist_dir, tmp_path / "fsdp", **sections, train={"parallel": "fsdp"}), 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sharded = read_checkpoint(tmp_path / "fsdp")
+    for entry in ("student", "teacher"):
+        assert_close_states(expected[entry], sharded[entry])
+    assert expected["optimizer"]["param_groups"] == sharded["optimizer"]["param_groups"]
+    for index, moments in expected["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(sharded["optimizer"]["state"][index][name], moments[name], rtol=1e-3,
+                                       atol=1e-7)
+
+    # epoch 1 under FSDP, epoch 2 in one process
+    one = tiny_config(fmnist_dir, tmp_path / "fsdp_then_one", **sections)
+    fit(one, resume=tmp_path / "fsdp" / "checkpoint_0001.pth", quiet=True)
+    # epoch 1 in one process, epoch 2 under FSDP
+    fit(tiny_config(fmnist_dir, tmp_path / "one_then_fsdp", **sections), quiet=True, max_iterations=4)
+    done = torchrun(tiny_config(fmnist_dir, tmp_path / "one_then_fsdp", **sections, train={"parallel": "fsdp"}), 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run in ("fsdp_then_one", "one_then_fsdp"):
+        resumed = read_checkpoint(tmp_path / run)
+        assert resumed["iteration"] == 8, run
+        for entry in ("student", "teacher"):
+            assert_close_states(expected[entry], resumed[entry])
+
+
+def test_fsdp_needs_several_processes(make_config) -> None:
+    with pytest.raises(ConfigError, match="train.parallel=fsdp shards the models over several processes"):
+        fit(make_config("fsdp", train={"parallel": "fsdp"}), quiet=True)

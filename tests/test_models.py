@@ -428,3 +428,23 @@ def test_attention_takes_the_explicit_path_in_bf16_on_cpu_with_the_same_result()
     qkv = attn.qkv(x.bfloat16().float()).reshape(b, n, 3, 4, 16).permute(2, 0, 3, 1, 4)
     fused = F.scaled_dot_product_attention(*qkv).transpose(1, 2).reshape(b, n, d)
     torch.testing.assert_close(fast.float(), attn.proj(fused), atol=0.05, rtol=0.05)
+
+
+def test_activation_checkpointing_gives_the_same_outputs_and_gradients() -> None:
+    """Recomputing the blocks in the backward (train.activation_checkpointing) changes memory, not results:
+    drop path draws the same masks in the recomputation."""
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = VisionTransformer(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=3, num_heads=2,
+                                  drop_path_rate=0.3).train()
+        model.activation_checkpointing = checkpointing
+        x = torch.randn(4, 1, 28, 28)
+        out = model(x)
+        out.square().sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert torch.equal(out_a, out_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=0, atol=1e-6, msg=name)

@@ -133,8 +133,10 @@ class TrainConfig:
     save_every_iterations: int = 0
     save_every_minutes: float = 0.0
     keep_last: int = 2  # checkpoints kept besides checkpoint.pth
-    # Several processes (torchrun): auto = DDP when launched with more than one, none = refuse more than one.
-    parallel: str = "auto"  # auto | none | ddp
+    # Several processes (torchrun): auto = DDP when launched with more than one, none = refuse more than one,
+    # fsdp = FSDP2, student and teacher sharded over the processes (models too large to replicate)
+    parallel: str = "auto"  # auto | none | ddp | fsdp
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward: less memory
     collective_timeout_minutes: float = 10.0  # a rank that died or hangs fails the others after this long
 
 
@@ -354,7 +356,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-PARALLEL_MODES = ("auto", "none", "ddp")
+PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
 ARCHS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant")
 
 

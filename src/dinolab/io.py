@@ -199,6 +199,12 @@ def read_metadata(source: str | Path) -> dict[str, str]:
 
 def load_state_strict(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
     """load_state_dict that lists every missing, unexpected or mis-shaped key before failing."""
+    check_state_fits(module, state, source)
+    module.load_state_dict(state)
+
+
+def check_state_fits(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """A CheckpointError listing every missing, unexpected or mis-shaped key of `state` for `module`."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -217,7 +223,6 @@ def load_state_strict(module: nn.Module, state: dict[str, Tensor], source: str) 
         raise CheckpointError(
             f"{source} does not fit this model (another architecture or config?) - " + "; ".join(parts)
         )
-    module.load_state_dict(state)
 
 
 def short_list(items: Any, limit: int = 8) -> str:
@@ -259,8 +264,7 @@ class TrainingCheckpoint:
 
     def backbone_weights(self, entry: str = "teacher") -> dict[str, Tensor]:
         """The ViT's weights inside `entry` (the EMA teacher by default: the model DINO evaluates)."""
-        return {k.removeprefix(BACKBONE_PREFIX): v for k, v in self.state[entry].items()
-                if k.startswith(BACKBONE_PREFIX)}
+        return backbone_weights(self.state[entry])
 
     def restore_rng(self, rank: int = 0, world_size: int = 1) -> bool:
         """Put this rank's global RNGs back where they were when the checkpoint was saved (bit-identical
@@ -272,6 +276,11 @@ class TrainingCheckpoint:
             return True
         set_rng_state(self.state["rng"])
         return rank == 0 and world_size == 1
+
+
+def backbone_weights(wrapper_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The backbone's part of a MultiCropWrapper state dict (student or teacher), in the ViT's own names."""
+    return {k.removeprefix(BACKBONE_PREFIX): v for k, v in wrapper_state.items() if k.startswith(BACKBONE_PREFIX)}
 
 
 def is_training_checkpoint(obj: dict[str, Any]) -> bool:

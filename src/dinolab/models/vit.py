@@ -21,6 +21,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from dinolab.models.layers import Block, PatchEmbed
 
@@ -64,6 +65,9 @@ class VisionTransformer(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rate, layerscale_init, ffn) for rate in rates
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        # recompute each block's activations during the backward instead of keeping them (less memory, ~1/3
+        # more compute); set by train.activation_checkpointing
+        self.activation_checkpointing = False
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -122,7 +126,10 @@ class VisionTransformer(nn.Module):
         """Normalized [CLS], register and patch tokens (the DINOv2 dict), plus pre-norm tokens."""
         x = self.prepare_tokens(x, masks)
         for blk in self.blocks:
-            x = blk(x)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)  # keeps the RNG state: drop path draws alike
+            else:
+                x = blk(x)
         x_norm = self.norm(x)
         r = self.num_register_tokens
         return {

@@ -70,8 +70,9 @@ class Checkpointing:
     def save(self, trainer: Trainer, epochs_done: int, batches_done: int, iteration: int) -> None:
         """checkpoint.pth at this position; at an epoch end (batches_done 0) also checkpoint_EPOCH.pth."""
         rng_by_rank = all_gather_object(rng_state()) if self.world.distributed else None
+        trainer_state = trainer.state_dict()  # on every rank: gathering sharded (FSDP) tensors is a collective
         if self.world.is_main:
-            state = training_state(trainer.state_dict(), epochs_done, iteration, self.cfg, batches_done, rng_by_rank)
+            state = training_state(trainer_state, epochs_done, iteration, self.cfg, batches_done, rng_by_rank)
             if batches_done:
                 atomic_save(state, self.run_dir / LATEST)
             else:

@@ -50,7 +50,7 @@ class FitResult:
     run_dir: Path
     epochs_done: int
     last_metrics: dict[str, float]
-    backbone: VisionTransformer  # the EMA teacher's backbone: the model DINO evaluates
+    backbone: VisionTransformer | None  # the EMA teacher's backbone, the model DINO evaluates (None on FSDP ranks > 0)
     preempted: str | None = None  # the signal that stopped the run early (after saving), if one did
 
 
@@ -95,7 +95,7 @@ def fit(
                     iteration = epoch * iters_per_epoch + i + 1
                     where = f"epoch {epoch + 1}, iteration {iteration - 1}"
                     loss, stats = checked_step(trainer, crops, schedule, masks, where, run_dir)
-                    evaluated = trainer.teacher.backbone
+                    evaluated = trainer.evaluated_backbone
                     if record := monitor.after_step(iteration, loss, stats, schedule, len(crops[0]), evaluated):
                         bar.set_postfix(loss=f"{record['loss']:.3f}", H=f"{record['teacher_entropy']:.2f}")
                     save, stop = checkpointing.after_step(iteration)
@@ -115,6 +115,7 @@ def fit(
                     write_line(f"epoch {epoch + 1}/{epochs}: {monitor.summary()}")
                 if stopped:
                     break
+        backbone = trainer.evaluated_backbone()  # under FSDP a collective: while the processes are still joined
     finally:
         monitor.close()
         destroy_process_group()
@@ -123,7 +124,7 @@ def fit(
                     preempted, run_dir / LATEST, iteration)
     if world.is_main:
         write_report(run_dir, cfg, skipped_images=skipped)
-    return FitResult(run_dir, iteration // iters_per_epoch, monitor.last, trainer.teacher.backbone, preempted)
+    return FitResult(run_dir, iteration // iters_per_epoch, monitor.last, backbone, preempted)
 
 
 def prepare_run(cfg: Config, world: World) -> Path:
@@ -146,6 +147,9 @@ def check_world(cfg: Config, world: World) -> None:
     if world.distributed and cfg.train.parallel == "none":
         raise ConfigError(f"train.parallel=none, but {world.size} processes were started; set train.parallel=ddp "
                           "(or auto), or start one process")
+    if cfg.train.parallel == "fsdp" and not world.distributed:
+        raise ConfigError("train.parallel=fsdp shards the models over several processes, but one was started; "
+                          "launch with torchrun --nproc_per_node N (or --nproc N), or use train.parallel=auto")
     if cfg.optim.batch_size % world.size:
         raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is the global batch and must divide evenly "
                           f"over the {world.size} processes; use a multiple of {world.size}")
@@ -185,7 +189,7 @@ def log_start(cfg: Config, trainer: Trainer, dataset: Dataset, iters_per_epoch: 
               world: World) -> None:
     params = sum(p.numel() for p in trainer.student.backbone.parameters()) / 1e6
     per_rank = cfg.optim.batch_size // world.size
-    processes = f", {world.size} processes (DDP), {per_rank} images each" if world.distributed else ""
+    processes = f", {world.size} processes ({trainer.parallel}), {per_rank} images each" if world.distributed else ""
     log.info("training %s (%.1fM params) on %d images, %d iters/epoch, %s %s%s", cfg.model.arch, params,
              len(dataset), iters_per_epoch, runtime.device, runtime.precision, processes)
 

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +96,10 @@ class TrainingMonitor:
 
     def after_step(
         self, iteration: int, loss: Tensor, stats: dict[str, Tensor], schedule: StepSchedule, images: int,
-        evaluated: nn.Module,
+        evaluated: Callable[[], nn.Module | None],
     ) -> dict[str, float] | None:
-        """Account for a finished step (`iteration` counts it); returns the record when this step is logged."""
+        """Account for a finished step (`iteration` counts it); returns the record when this step is logged.
+        `evaluated()` gives the model the k-NN check scores (on every rank: under FSDP it gathers the shards)."""
         self._window_images += images * self.world.size
         end_of_epoch = iteration % self.iters_per_epoch == 0
         check_knn = self.cfg.eval.knn_every > 0 and (iteration % self.cfg.eval.knn_every == 0 or end_of_epoch)
@@ -119,10 +121,11 @@ class TrainingMonitor:
         }
         self.last = record
         self._window_start, self._window_images = time.perf_counter(), 0
+        model = evaluated() if check_knn else None
         if not self.world.is_main:
             return record
-        if self.knn is not None and check_knn:
-            record["knn_top1"] = self.knn(evaluated)
+        if self.knn is not None and model is not None:
+            record["knn_top1"] = self.knn(model)
         self.metrics.write(record)
         if iteration > self.iters_per_epoch:  # targets are still forming during the first epoch
             warn_on_collapse(record, self.cfg)

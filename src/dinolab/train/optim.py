@@ -12,6 +12,7 @@ from torch import nn
 from dinolab.config import OptimConfig
 from dinolab.device import Runtime
 from dinolab.models.heads import MultiCropWrapper
+from dinolab.train.parallel import full_tensor, sharded_times_plain
 
 
 def param_groups(model: MultiCropWrapper, layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0) -> list[dict]:
@@ -66,10 +67,12 @@ def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
 
 @torch.no_grad()
 def clip_gradients_per_parameter(params: list[nn.Parameter], max_norm: float) -> None:
-    """Scale each parameter's gradient to norm <= max_norm separately (DINO's clipping), in one fused pass."""
+    """Scale each parameter's gradient to norm <= max_norm separately (DINO's clipping), in one fused pass.
+    Sharded (FSDP) gradients are clipped by the norm of the whole parameter, summed over its shards."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
-    norms = torch._foreach_norm(grads)
+    norms = [full_tensor(n) for n in torch._foreach_norm(grads)]
     scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
-    torch._foreach_mul_(grads, scales)
+    with sharded_times_plain(grads):
+        torch._foreach_mul_(grads, scales)

@@ -18,16 +18,18 @@ from torch.profiler import record_function
 from dinolab.config import NUM_GLOBAL_CROPS, Config
 from dinolab.device import Runtime
 from dinolab.distributed import ONE_PROCESS, World
-from dinolab.io import CheckpointError, load_state_strict
+from dinolab.io import CheckpointError, backbone_weights, check_state_fits
 from dinolab.losses.dino import DINOLoss
 from dinolab.losses.ibot import IBOTPatchLoss
 from dinolab.losses.koleo import koleo_loss
-from dinolab.models.build import build_student_teacher
+from dinolab.models.build import build_backbone, build_student_teacher
 from dinolab.models.heads import CropOutputs
+from dinolab.models.vit import VisionTransformer
 from dinolab.train.distill import load_distillation_teacher
 from dinolab.train.ema import EMATeacher
 from dinolab.train.highres import resize_position_embeddings
 from dinolab.train.optim import clip_gradients_per_parameter, make_optimizer, set_lr_and_wd
+from dinolab.train.parallel import distribute, load_model_state, load_optimizer_state, model_state, optimizer_state
 from dinolab.train.schedules import StepSchedule
 
 
@@ -40,21 +42,19 @@ class Trainer:
 
     `teacher` is always the EMA of the student (a MultiCropWrapper: backbone + heads): the model that is
     evaluated and saved as "teacher". It also produces the targets, except in distillation, where
-    `target_model`, a frozen trained model, does. In a multi-process run the student runs wrapped in DDP
-    (`student_ddp`), which averages the gradients over the ranks; the EMA then stays identical on all of them.
+    `target_model`, a frozen trained model, does. In a multi-process run the student runs under DDP (which
+    averages the gradients over the ranks) or, with student and teacher, sharded by FSDP2 (train/parallel.py);
+    either way every rank holds the same EMA teacher (or its shard).
     """
 
     def __init__(self, cfg: Config, runtime: Runtime, world: World = ONE_PROCESS):
-        self.runtime = runtime
+        self.cfg, self.runtime = cfg, runtime
         self.student, self.teacher = build_student_teacher(cfg)
+        self.student.backbone.activation_checkpointing = cfg.train.activation_checkpointing
         self.student.to(runtime.device).train()
         self.teacher.to(runtime.device)
-        self.student_ddp = self.student
-        if world.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.student_ddp = DistributedDataParallel(self.student, device_ids=device_ids)
+        self.parallel = parallel_mode(cfg, world)
+        self.student_forward = distribute(self.student, self.teacher, self.parallel, world, runtime)
         self.target_model = (
             load_distillation_teacher(cfg).to(runtime.device) if cfg.distill.teacher_checkpoint else self.teacher
         )
@@ -97,8 +97,10 @@ class Trainer:
         with self.runtime.autocast():
             with torch.no_grad(), phase("teacher_forward"):
                 teacher_out = self.target_model(crops[:NUM_GLOBAL_CROPS], scored)
+            if self.parallel == "fsdp":  # the root unit stays gathered after a forward; the EMA updates the shards
+                self.teacher.reshard()
             with phase("student_forward"):
-                student_out = self.student_ddp(crops, scored, hide_scored=hide_scored)
+                student_out = self.student_forward(crops, scored, hide_scored=hide_scored)
         with phase("loss"):
             loss, stats = self._losses(student_out, teacher_out, scored, schedule)
         if not torch.isfinite(loss):
@@ -119,6 +121,18 @@ class Trainer:
         with phase("ema"):
             self.ema.update(schedule.momentum)
         return loss.detach(), stats
+
+    def evaluated_backbone(self) -> VisionTransformer | None:
+        """The EMA teacher's backbone as a plain module, the model DINO evaluates: itself, or under FSDP a full
+        copy gathered onto rank 0 (every rank must call it then; the others get None)."""
+        if self.parallel != "fsdp":
+            return self.teacher.backbone
+        state = model_state(self.teacher)
+        if not state:
+            return None
+        backbone = build_backbone(self.cfg, drop_path_rate=0.0)
+        backbone.load_state_dict(backbone_weights(state))
+        return backbone.to(self.runtime.device).eval()
 
     def all_patches(self, crops: list[Tensor]) -> Tensor:
         """An all-True mask over the patches of the global crops."""
@@ -146,10 +160,10 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """The trainer's part of a checkpoint (io.training_state adds progress, RNG states and config)."""
-        state = {
-            "student": self.student.state_dict(),
-            "teacher": self.teacher.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+        state = {  # full state dicts whatever the parallelism: with FSDP every rank must call this
+            "student": model_state(self.student),
+            "teacher": model_state(self.teacher),
+            "optimizer": optimizer_state(self.student, self.optimizer),
             "dino_loss": self.dino_loss.state_dict(),
             "scaler": self.scaler.state_dict(),
         }
@@ -161,12 +175,20 @@ class Trainer:
         """Restore a checkpoint; a checkpoint trained at a lower resolution has its position embeddings
         (and their optimizer moments) resized once to this model's: DINOv2's high-resolution phase."""
         resize_position_embeddings(state, self.student, self.optimizer, source)
-        load_state_strict(self.student, state["student"], f"{source} (student)")
-        load_state_strict(self.teacher, state["teacher"], f"{source} (teacher)")
-        self.optimizer.load_state_dict(state["optimizer"])
+        for name, model in (("student", self.student), ("teacher", self.teacher)):
+            check_state_fits(model, state[name], f"{source} ({name})")
+            load_model_state(model, state[name])
+        load_optimizer_state(self.student, self.optimizer, state["optimizer"])
         self.dino_loss.load_state_dict(state["dino_loss"])
         if self.ibot_loss is not None:
             if "ibot_loss" not in state:
                 raise CheckpointError(f"{source}: has no iBOT loss state; it was trained without loss.ibot_weight")
             self.ibot_loss.load_state_dict(state["ibot_loss"])
         self.scaler.load_state_dict(state["scaler"])
+
+
+def parallel_mode(cfg: Config, world: World) -> str:
+    """train.parallel resolved for this world: auto is DDP with several processes, none with one."""
+    if cfg.train.parallel == "auto":
+        return "ddp" if world.distributed else "none"
+    return cfg.train.parallel
