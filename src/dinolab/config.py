@@ -68,10 +68,15 @@ class DataConfig:
     local_crops_size: int = 96
     local_crops_scale: tuple[float, float] = (0.05, 0.4)
     color_jitter: bool = True  # official: brightness .4, contrast .4, saturation .2, hue .1 with p=0.8
+    hflip: bool = True  # random horizontal flip, p=0.5; off for data with a handedness (digits, text)
+    solarize: bool = True  # solarization of the second global crop, p=0.2 (the paper's)
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # Gaussian blur sigma range, in pixels of the crop
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     num_workers: int = 1
+    # small_images: measure channels, mean/std and image size on a sample of data.path and pick patch and crop
+    # sizes from them (dinolab.data.stats.resolve_from_images), printing what was chosen
+    auto: bool = False
 
 
 @dataclass
@@ -384,6 +389,8 @@ def validate(cfg: Config) -> None:
          f"need one value per channel (model.in_chans={cfg.model.in_chans})"),
         (all(s > 0 for s in cfg.data.std), "data.std", "must be positive"),
         (cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0"),
+        (not cfg.data.auto or cfg.data.dataset == "folder", "data.auto",
+         "measures a folder of images: needs data.dataset=folder"),
         (cfg.loss.student_temp > 0 and cfg.loss.teacher_temp > 0 and cfg.loss.warmup_teacher_temp > 0,
          "loss temperatures", "must be positive"),
         (0 <= cfg.loss.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)"),

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from dinolab.config import NUM_GLOBAL_CROPS
+from dinolab.config import NUM_GLOBAL_CROPS, DataConfig
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -42,12 +42,13 @@ def dino_crop_specs(
     local_number: int,
     local_size: int,
     local_scale: tuple[float, float],
+    solarize_prob: float = 0.2,
 ) -> list[CropSpec]:
     """The DINO paper's views: NUM_GLOBAL_CROPS = 2 global (blur always / rarely + solarize), n local (blur
     half the time)."""
     global_specs = [
         CropSpec(global_size, global_scale, blur_prob=1.0),
-        CropSpec(global_size, global_scale, blur_prob=0.1, solarize_prob=0.2),
+        CropSpec(global_size, global_scale, blur_prob=0.1, solarize_prob=solarize_prob),
     ]
     assert len(global_specs) == NUM_GLOBAL_CROPS
     return global_specs + [CropSpec(local_size, local_scale, blur_prob=0.5) for _ in range(local_number)]
@@ -90,12 +91,14 @@ class MultiCropAugmentation:
         std: tuple[float, ...],
         color_jitter: bool = True,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
+        hflip: bool = True,
     ):
         self.specs = specs
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.color_jitter = color_jitter
         self.blur_sigma = blur_sigma
+        self.hflip = hflip
 
     def __call__(self, images: Tensor, generator: torch.Generator, rows: Rows | None = None) -> list[Tensor]:
         """Crops of `images`. With `rows`, `images` are the rows `rows.index` of a batch of `rows.total`: the
@@ -107,8 +110,9 @@ class MultiCropAugmentation:
 
     def view(self, x: Tensor, spec: CropSpec, draw: Draw) -> Tensor:
         out = random_resized_crop(x, spec.size, spec.scale, draw)
-        flip = draw.rand() < 0.5
-        out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+        flip = draw.rand() < 0.5  # drawn even when off, so every later draw is the same with and without
+        if self.hflip:
+            out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
         if self.color_jitter:
             out = color_jitter(out, draw, p=0.8)
             out = random_grayscale(out, draw, p=0.2)
@@ -117,6 +121,16 @@ class MultiCropAugmentation:
             solarize = (draw.rand() < spec.solarize_prob).view(-1, 1, 1, 1)
             out = torch.where(solarize & (out >= 128 / 255), 1.0 - out, out)
         return normalize(out, self.mean, self.std)
+
+
+def augmentation_from_config(cfg: DataConfig) -> MultiCropAugmentation:
+    """The multi-crop augmentation with every key of `cfg` applied (crops, flip, color jitter, blur,
+    solarization): what the training loader should build."""
+    specs = dino_crop_specs(
+        cfg.global_crops_size, cfg.global_crops_scale, cfg.local_crops_number, cfg.local_crops_size,
+        cfg.local_crops_scale, solarize_prob=0.2 if cfg.solarize else 0.0,
+    )
+    return MultiCropAugmentation(specs, cfg.mean, cfg.std, cfg.color_jitter, cfg.blur_sigma, hflip=cfg.hflip)
 
 
 def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
