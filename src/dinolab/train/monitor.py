@@ -1,7 +1,8 @@
 """Watching a run: metrics.jsonl and TensorBoard, the k-NN learning curve and the collapse check.
 
 `TrainingMonitor.after_step` is the one call the training loop makes per iteration; it decides when to
-log, measures throughput over the logging window, runs the k-NN check on its schedule and warns on collapse.
+log, measures throughput over the logging window, runs the k-NN check on its schedule and warns when the run
+is not learning: collapse, targets that stay near uniform, a k-NN below the same network at random init.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
@@ -21,6 +23,7 @@ from dinolab.config import Config
 from dinolab.data.loader import build_eval_dataset
 from dinolab.device import Runtime
 from dinolab.distributed import ONE_PROCESS, World, all_reduce_mean
+from dinolab.eval.baselines import random_init_like
 from dinolab.eval.knn import knn
 from dinolab.io import METRICS, read_metrics
 from dinolab.train.schedules import StepSchedule
@@ -69,12 +72,21 @@ class KNNMonitor:
         self.train = Subset(train, range(min(cfg.eval.knn_monitor_train, len(train))))
         self.test = Subset(test, range(min(cfg.eval.knn_monitor_test, len(test))))
         self.cfg, self.runtime = cfg, runtime
+        self._random_init: float | None = None
 
     def __call__(self, model: nn.Module) -> float:
         d, e = self.cfg.data, self.cfg.eval
         scores = knn(model, self.train, self.test, 20, e.knn_temperature, d.mean, d.std, e.batch_size, self.runtime,
                      quiet=True)
         return scores[20]["top1"]
+
+    def random_init(self, model: nn.Module) -> float:
+        """The same check on `model`'s architecture at random init (seed train.seed): the floor a learning run
+        must stay above. Computed once; the global RNG is left as it was, so the run's own draws do not change."""
+        if self._random_init is None:
+            with torch.random.fork_rng(devices=[]):
+                self._random_init = self(random_init_like(model, seed=self.cfg.train.seed).to(self.runtime.device))
+        return self._random_init
 
 
 class TrainingMonitor:
@@ -92,6 +104,13 @@ class TrainingMonitor:
         self.metrics = MetricsLog(run_dir, start_iteration=start_iteration) if world.is_main else None
         self.knn = KNNMonitor(cfg, runtime) if cfg.eval.knn_every and world.is_main else None
         self.last: dict[str, float] = {}
+        # the warnings below look only at steps after the lr warm-up: before it nothing has been learned yet
+        self.warmup_iterations = max(round(cfg.optim.warmup_epochs * iters_per_epoch), 1)
+        stretch = max(round(UNIFORM_STRETCH_EPOCHS * iters_per_epoch), UNIFORM_MIN_LOGGED_STEPS * cfg.train.log_every)
+        self.uniform_watches = [UniformTargetsWatch("[CLS]", "", cfg.head.out_dim, stretch)]
+        if cfg.loss.ibot_weight > 0:
+            self.uniform_watches.append(UniformTargetsWatch("iBOT patch", "ibot_", cfg.head.patch_out_dim, stretch))
+        self._warned_knn = False
         self._window_start, self._window_images = time.perf_counter(), 0
 
     def after_step(
@@ -126,10 +145,23 @@ class TrainingMonitor:
             return record
         if self.knn is not None and model is not None:
             record["knn_top1"] = self.knn(model)
+            record["knn_random_init"] = self.knn.random_init(model)
         self.metrics.write(record)
         if iteration > self.iters_per_epoch:  # targets are still forming during the first epoch
             warn_on_collapse(record, self.cfg)
+        if iteration > self.warmup_iterations:
+            self._warn_if_not_learning(record)
         return record
+
+    def _warn_if_not_learning(self, record: dict[str, Any]) -> None:
+        for watch in self.uniform_watches:
+            warning = watch.update(record)
+            if warning:
+                log.warning("%s targets: %s", watch.name, warning)
+        if "knn_top1" in record and not self._warned_knn and record["knn_top1"] < record["knn_random_init"]:
+            self._warned_knn = True
+            log.warning("%s", knn_below_random_init_warning(record["knn_top1"], record["knn_random_init"],
+                                                            int(record["iteration"])))
 
     def summary(self) -> str:
         """The last logged values on one line (the end-of-epoch message)."""
@@ -167,3 +199,71 @@ def warn_on_collapse(metrics: dict[str, float], cfg: Config) -> None:
         warning = collapse_warning(metrics["ibot_teacher_entropy"], cfg.head.patch_out_dim)
         if warning:
             log.warning("iBOT patch targets: %s", warning)
+
+
+# Near-uniform targets, the common failure on small data: the teacher's distributions keep at least
+# UNIFORM_ENTROPY_FRACTION of the entropy of the uniform one (log K) while the student matches them
+# (KL(teacher || student) at most UNIFORM_MAX_KL_FRACTION of log K), on every logged step over
+# UNIFORM_STRETCH_EPOCHS of an epoch (and at least UNIFORM_MIN_LOGGED_STEPS log intervals) after the lr warm-up.
+# Measured (docs/small_data.md): the 1-epoch demo recipe sits at 0.90-0.92 / 0.03 and learns nothing in its first
+# 10k images; lr ~ 0 at 0.90 / 0.09; recipes that beat raw pixels fall well below 0.85.
+UNIFORM_ENTROPY_FRACTION = 0.85
+UNIFORM_MAX_KL_FRACTION = 0.15
+UNIFORM_STRETCH_EPOCHS = 0.25
+UNIFORM_MIN_LOGGED_STEPS = 3
+
+
+def targets_near_uniform(teacher_entropy: float, kl: float, num_prototypes: int) -> bool:
+    """True when the teacher's targets are close to uniform and the student already matches them."""
+    log_k = math.log(num_prototypes)
+    return teacher_entropy >= UNIFORM_ENTROPY_FRACTION * log_k and kl <= UNIFORM_MAX_KL_FRACTION * log_k
+
+
+def near_uniform_warning(teacher_entropy: float, kl: float, num_prototypes: int, first: int, last: int) -> str:
+    """What near-uniform targets mean and which keys to change."""
+    log_k = math.log(num_prototypes)
+    return (
+        f"near uniform from iteration {first} to {last}: teacher entropy {teacher_entropy:.2f} is "
+        f"{teacher_entropy / log_k:.0%} of log K = {log_k:.2f} and the student matches it (KL {kl:.3f} nats), so "
+        "the loss teaches nothing. Likely causes and the keys to change: the teacher's outputs do not depend on the "
+        "image yet (too little training: raise optim.lr or optim.epochs; a teacher that follows the student too "
+        "slowly for this run's length: lower optim.momentum_teacher, whose time constant 1/(1 - m) iterations "
+        "must be a small part of the run); the teacher is too soft (lower loss.teacher_temp and "
+        "loss.warmup_teacher_temp, e.g. 0.04); more prototypes than the data can fill (lower head.out_dim); the "
+        "views share too little or too much (data.global_crops_scale, data.local_crops_scale); the images are "
+        "nearly constant or badly normalized (check data.path and data.mean/data.std, or use data.auto=true)."
+    )
+
+
+class UniformTargetsWatch:
+    """Follows one loss's targets over the logged steps and warns once when they stay near uniform for at
+    least `stretch` iterations."""
+
+    def __init__(self, name: str, prefix: str, num_prototypes: int, stretch: int):
+        self.name, self.prefix, self.num_prototypes, self.stretch = name, prefix, num_prototypes, stretch
+        self.since: int | None = None
+        self.warned = False
+
+    def update(self, record: dict[str, Any]) -> str | None:
+        entropy, kl = record.get(f"{self.prefix}teacher_entropy"), record.get(f"{self.prefix}kl")
+        if entropy is None or kl is None or not targets_near_uniform(entropy, kl, self.num_prototypes):
+            self.since = None
+            return None
+        iteration = int(record["iteration"])
+        self.since = iteration if self.since is None else self.since
+        if self.warned or iteration - self.since < self.stretch:
+            return None
+        self.warned = True
+        return near_uniform_warning(entropy, kl, self.num_prototypes, self.since, iteration)
+
+
+def knn_below_random_init_warning(knn_top1: float, random_init: float, iteration: int) -> str:
+    """The run has made the features worse than no training at all."""
+    return (
+        f"k-NN check at iteration {iteration}: {knn_top1:.2f}% is below the same network at random init "
+        f"({random_init:.2f}%) after the warm-up: training is making the features worse. Likely causes and the keys "
+        "to change: a learning rate too high for the batch (optim.lr, optim.batch_size, optim.warmup_epochs), "
+        "augmentations that destroy what tells the images apart (data.global_crops_scale, data.local_crops_scale, "
+        "data.hflip for data with a handedness, data.color_jitter / data.solarize on grayscale), a teacher that is "
+        "too sharp (loss.teacher_temp), or near-uniform or collapsed targets (see the warnings above)."
+    )
