@@ -45,6 +45,7 @@ RUNTIME = (_arg("--device", default="auto"), _arg("--precision", default="auto")
 
 
 def _train(args: argparse.Namespace) -> None:
+    from dinolab.data.stats import resolve_from_images
     from dinolab.train import fit
 
     if args.nproc > 1:
@@ -54,7 +55,7 @@ def _train(args: argparse.Namespace) -> None:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
-    cfg = config_lib.load(args.config, overrides)
+    cfg = resolve_from_images(config_lib.load(args.config, overrides))
     resume: str | bool = args.resume if args.resume else not args.no_resume
     result = fit(cfg, resume=resume, quiet=args.quiet)
     if result.preempted:
@@ -93,9 +94,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    from dinolab.data.stats import resolve_from_images
     from dinolab.demo import run_demo
 
-    run_demo(config_lib.load(args.config, list(args.overrides)), quiet=args.quiet)
+    run_demo(resolve_from_images(config_lib.load(args.config, list(args.overrides))), quiet=args.quiet)
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
