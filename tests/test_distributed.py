@@ -16,7 +16,7 @@ from conftest import tiny_config
 
 from dinolab import config as config_lib
 from dinolab.config import Config, ConfigError
-from dinolab.io import read_checkpoint, read_metrics, read_training_checkpoint
+from dinolab.io import CheckpointError, read_checkpoint, read_metrics, read_training_checkpoint
 from dinolab.train import Trainer, fit
 
 # The same sums added in another order differ by ~1e-7; Adam's m / sqrt(v) turns that into at most a small
@@ -215,3 +215,43 @@ def test_fsdp_trains_like_one_process_and_its_checkpoints_resume_either_way(fmni
 def test_fsdp_needs_several_processes(make_config) -> None:
     with pytest.raises(ConfigError, match="train.parallel=fsdp shards the models over several processes"):
         fit(make_config("fsdp", train={"parallel": "fsdp"}), quiet=True)
+
+
+def test_sharded_checkpoints_resume_at_another_world_size_and_consolidate(fmnist_dir: Path, tmp_path: Path) -> None:
+    """train.checkpoint_format=sharded: each rank writes its shards (DCP). Epoch 1 in one process, epoch 2 under
+    FSDP on 2 processes from that sharded checkpoint; `dinolab checkpoint consolidate` then gives one file that
+    hub.load_backbone reads, with the weights of a straight run."""
+    from dinolab.cli import main
+    from dinolab.hub import load_backbone
+
+    sections = {"optim": {"epochs": 2}, "model": {"drop_path_rate": 0.0}}
+    fit(tiny_config(fmnist_dir, tmp_path / "straight", **sections), quiet=True)
+    expected = read_checkpoint(tmp_path / "straight")
+    sharded = {"checkpoint_format": "sharded"}
+    fit(tiny_config(fmnist_dir, tmp_path / "run", **sections, train=sharded), quiet=True, max_iterations=4)
+    folder = tmp_path / "run" / "checkpoint.dcp"
+    assert (folder / ".metadata").is_file() and not (tmp_path / "run" / "checkpoint.pth").exists()
+    done = torchrun(tiny_config(fmnist_dir, tmp_path / "run", **sections, train={**sharded, "parallel": "fsdp"}), 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr and "batch 0" in done.stderr
+    assert len(list(folder.glob("*.distcp"))) == 2  # one file of shards per rank
+
+    assert main(["checkpoint", "consolidate", str(tmp_path / "run"), "--out", str(tmp_path / "whole.pth")]) == 0
+    whole = read_checkpoint(tmp_path / "whole.pth")
+    assert (whole["epoch"], whole["iteration"]) == (2, 8)
+    for entry in ("student", "teacher"):
+        assert_close_states(expected[entry], whole[entry])
+    backbone = load_backbone(tmp_path / "whole.pth")
+    assert_close_states(backbone.state_dict(), read_training_checkpoint(tmp_path / "whole.pth").backbone_weights())
+
+
+def test_an_incomplete_or_damaged_sharded_checkpoint_is_never_used_silently(make_config) -> None:
+    cfg = make_config("run", optim={"epochs": 1}, train={"checkpoint_format": "sharded"})
+    fit(cfg, quiet=True)
+    run = Path(cfg.train.output_dir)
+    (run / "checkpoint.dcp").rename(run / ".checkpoint.dcp.tmp")  # a save killed before its final rename
+    assert fit(make_config("run", optim={"epochs": 1}, train={"checkpoint_format": "sharded"}),
+               quiet=True).epochs_done == 1  # started over: nothing complete to resume from
+    next((run / "checkpoint.dcp").glob("*.distcp")).unlink()  # a shard file lost
+    with pytest.raises(CheckpointError, match="sharded checkpoint .*checkpoint.dcp cannot be read"):
+        fit(make_config("run", optim={"epochs": 2}, train={"checkpoint_format": "sharded"}), quiet=True)

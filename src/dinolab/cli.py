@@ -124,6 +124,22 @@ def add_config_parser(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(func=_config_show)
 
 
+def _checkpoint_consolidate(args: argparse.Namespace) -> None:
+    from dinolab.train.sharded_checkpoint import consolidate
+
+    print(f"wrote {consolidate(args.run_dir, args.out)}")
+
+
+def add_checkpoint_parser(sub: argparse._SubParsersAction) -> None:
+    checkpoint = sub.add_parser("checkpoint", help="work with training checkpoints")
+    checkpoint_sub = checkpoint.add_subparsers(dest="action", required=True)
+    consolidate = checkpoint_sub.add_parser(
+        "consolidate", help="a sharded checkpoint (checkpoint.dcp/) as one file that resume, eval and hub read")
+    consolidate.add_argument("run_dir", help="run directory holding checkpoint.dcp/, or that folder")
+    consolidate.add_argument("--out", required=True, help="the .pth file to write")
+    consolidate.set_defaults(func=_checkpoint_consolidate)
+
+
 # ---------------------------------------------------------------- eval
 
 
@@ -507,8 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinolab", description="DINO-family self-supervised ViT pretraining")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train_parser, add_demo_parser, add_config_parser, add_eval_parser, add_viz_parser,
-                add_explore_parser, add_export_parser, add_embed_parser):
+    for add in (add_train_parser, add_demo_parser, add_config_parser, add_checkpoint_parser, add_eval_parser,
+                add_viz_parser, add_explore_parser, add_export_parser, add_embed_parser):
         add(sub)
     return parser
 

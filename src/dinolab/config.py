@@ -138,6 +138,9 @@ class TrainConfig:
     save_every_iterations: int = 0
     save_every_minutes: float = 0.0
     keep_last: int = 2  # checkpoints kept besides checkpoint.pth
+    # file: checkpoint.pth, the whole state written by rank 0 | sharded: checkpoint.dcp/, each rank writes its
+    # shards (torch.distributed.checkpoint), for models whose whole state does not fit one host
+    checkpoint_format: str = "file"
     # Several processes (torchrun): auto = DDP when launched with more than one, none = refuse more than one,
     # fsdp = FSDP2, student and teacher sharded over the processes (models too large to replicate)
     parallel: str = "auto"  # auto | none | ddp | fsdp
@@ -412,6 +415,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.save_every_iterations >= 0 and cfg.train.save_every_minutes >= 0, "train.save_every_*",
          "must be >= 0 (0 = off)"),
         (cfg.train.parallel in PARALLEL_MODES, "train.parallel", f"must be one of {', '.join(PARALLEL_MODES)}"),
+        (cfg.train.checkpoint_format in ("file", "sharded"), "train.checkpoint_format", "must be file or sharded"),
         (cfg.train.collective_timeout_minutes > 0, "train.collective_timeout_minutes", "must be positive"),
         (all(k >= 1 for k in cfg.eval.knn_k), "eval.knn_k", "every k must be >= 1"),
         (cfg.eval.knn_temperature > 0, "eval.knn_temperature", "must be positive"),

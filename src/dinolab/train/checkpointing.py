@@ -21,6 +21,7 @@ from types import FrameType
 from dinolab.config import Config
 from dinolab.distributed import World, all_gather_object, all_reduce_int, barrier
 from dinolab.io import LATEST, atomic_save, rng_state, save_run_checkpoint, training_state
+from dinolab.train.sharded_checkpoint import save_sharded
 from dinolab.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,13 @@ class Checkpointing:
         return decision >= _SAVE, decision == _STOP
 
     def save(self, trainer: Trainer, epochs_done: int, batches_done: int, iteration: int) -> None:
-        """checkpoint.pth at this position; at an epoch end (batches_done 0) also checkpoint_EPOCH.pth."""
+        """checkpoint.pth at this position; at an epoch end (batches_done 0) also checkpoint_EPOCH.pth.
+        With train.checkpoint_format=sharded, checkpoint.dcp/ instead (train/sharded_checkpoint.py)."""
+        if self.cfg.train.checkpoint_format == "sharded":
+            progress = {"epoch": epochs_done, "batches_done": batches_done, "iteration": iteration}
+            save_sharded(trainer, self.run_dir, self.world, progress)
+            self.last_save = time.monotonic()
+            return
         rng_by_rank = all_gather_object(rng_state()) if self.world.distributed else None
         trainer_state = trainer.state_dict()  # on every rank: gathering sharded (FSDP) tensors is a collective
         if self.world.is_main:

@@ -40,6 +40,7 @@ from dinolab.train.checkpointing import Checkpointing
 from dinolab.train.monitor import TrainingMonitor
 from dinolab.train.report import write_report
 from dinolab.train.schedules import Schedules, StepSchedule
+from dinolab.train.sharded_checkpoint import load_sharded, sharded_dir
 from dinolab.train.trainer import NonFiniteLossError, Trainer
 
 log = logging.getLogger(__name__)
@@ -167,22 +168,39 @@ def resolve_runtime(cfg: Config, world: World) -> Runtime:
 def resume_training(
     trainer: Trainer, resume: str | Path | bool, run_dir: Path, cfg: Config, world: World
 ) -> tuple[int, int]:
-    """Restore `resume` (a file), or the run dir's last checkpoint when `resume` is True and one exists:
-    weights, optimizer, centers and RNG states. Returns where to continue: (epoch, batch within it).
-    Ranks other than 0 then draw their own randomness (drop path) from a seed of their own."""
-    path = Path(resume) if isinstance(resume, (str, Path)) else run_dir / LATEST
-    if resume is False or not path.exists():
-        if isinstance(resume, (str, Path)):
-            raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    """Restore the checkpoint `resume` names (see checkpoint_to_resume): weights, optimizer, centers and RNG
+    states. Returns where to continue: (epoch, batch within it). Without one, ranks other than 0 draw their
+    own randomness (drop path) from a seed of their own."""
+    path = checkpoint_to_resume(resume, run_dir, cfg)
+    if path is None:
         if world.rank:
             torch.manual_seed(cfg.train.seed + world.rank)
         return 0, 0
+    if folder := sharded_dir(path):
+        progress = load_sharded(trainer, folder, world)
+        log.info("resumed from %s at epoch %d, batch %d", folder, progress["epoch"], progress["batches_done"])
+        return progress["epoch"], progress["batches_done"]
     checkpoint = read_training_checkpoint(path)
-    trainer.load_state_dict(checkpoint.state, f"checkpoint {path}")
+    trainer.load_state_dict(checkpoint.state, f"checkpoint {checkpoint.path}")
     if not checkpoint.restore_rng(world.rank, world.size) and world.rank:
         torch.manual_seed(cfg.train.seed + world.rank + 100_003 * checkpoint.iteration)
-    log.info("resumed from %s at epoch %d, batch %d", path, checkpoint.epoch, checkpoint.batches_done)
+    log.info("resumed from %s at epoch %d, batch %d", checkpoint.path, checkpoint.epoch, checkpoint.batches_done)
     return checkpoint.epoch, checkpoint.batches_done
+
+
+def checkpoint_to_resume(resume: str | Path | bool, run_dir: Path, cfg: Config) -> Path | None:
+    """`resume` as given (a checkpoint file, a sharded folder or a run dir), or for True the run dir's latest
+    checkpoint in train.checkpoint_format, else in the other format; None for False or a new run."""
+    if resume is False:
+        return None
+    if resume is not True:
+        if not Path(resume).exists():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+        return Path(resume)
+    file = run_dir / LATEST if (run_dir / LATEST).is_file() else None
+    candidates = [sharded_dir(run_dir), file]
+    return next((c for c in (candidates if cfg.train.checkpoint_format == "sharded" else candidates[::-1]) if c),
+                None)
 
 
 def log_start(cfg: Config, trainer: Trainer, dataset: Dataset, iters_per_epoch: int, runtime: Runtime,

@@ -188,7 +188,7 @@ class Trainer:
 
 
 def parallel_mode(cfg: Config, world: World) -> str:
-    """train.parallel resolved for this world: auto is DDP with several processes, none with one."""
-    if cfg.train.parallel == "auto":
-        return "ddp" if world.distributed else "none"
-    return cfg.train.parallel
+    """train.parallel resolved for this world: DDP (auto) or FSDP with several processes, none with one."""
+    if not world.distributed:
+        return "none"
+    return "ddp" if cfg.train.parallel == "auto" else cfg.train.parallel
