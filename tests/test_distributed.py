@@ -255,3 +255,24 @@ def test_an_incomplete_or_damaged_sharded_checkpoint_is_never_used_silently(make
     next((run / "checkpoint.dcp").glob("*.distcp")).unlink()  # a shard file lost
     with pytest.raises(CheckpointError, match="sharded checkpoint .*checkpoint.dcp cannot be read"):
         fit(make_config("run", optim={"epochs": 2}, train={"checkpoint_format": "sharded"}), quiet=True)
+
+
+def test_asynchronous_saves_write_what_synchronous_ones_do(make_config) -> None:
+    """train.async_save: the checkpoint (a copy of the state taken at the step) is written in a background
+    thread while training goes on; the files are those of a synchronous run, and resume from them alike."""
+    sync = make_config("sync", optim={"epochs": 2}, train={"save_every_iterations": 3})
+    background = make_config("async", optim={"epochs": 2}, train={"save_every_iterations": 3, "async_save": True})
+    fit(sync, quiet=True, max_iterations=7)
+    fit(background, quiet=True, max_iterations=7)  # returns once the last save is on disk
+    a, b = (read_checkpoint(c.train.output_dir) for c in (sync, background))
+    assert (a["iteration"], a["batches_done"]) == (b["iteration"], b["batches_done"]) == (6, 2)
+    for entry in ("student", "teacher"):
+        assert_same_states(a[entry], b[entry])
+    files = sorted(p.name for p in Path(background.train.output_dir).glob("*.pth"))
+    assert files == sorted(p.name for p in Path(sync.train.output_dir).glob("*.pth")) == [
+        "checkpoint.pth", "checkpoint_0001.pth"]
+    fit(sync, quiet=True)
+    fit(background, quiet=True)
+    a, b = (read_checkpoint(c.train.output_dir) for c in (sync, background))
+    for entry in ("student", "teacher"):
+        assert_same_states(a[entry], b[entry])

@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+import torch
 
 from dinolab.config import Config
 from dinolab.distributed import World, all_gather_object, all_reduce_int, barrier
@@ -39,6 +42,8 @@ class Checkpointing:
         self.every_seconds = cfg.train.save_every_minutes * 60
         self.last_save = time.monotonic()
         self.received: str | None = None  # the name of the preemption signal, once one arrived
+        self.writing: threading.Thread | None = None  # train.async_save: the save still being written
+        self.write_error: BaseException | None = None
 
     @contextmanager
     def catching_preemption(self) -> Iterator[None]:
@@ -78,11 +83,45 @@ class Checkpointing:
             return
         rng_by_rank = all_gather_object(rng_state()) if self.world.distributed else None
         trainer_state = trainer.state_dict()  # on every rank: gathering sharded (FSDP) tensors is a collective
+        self.wait()  # one save at a time, in order
         if self.world.is_main:
             state = training_state(trainer_state, epochs_done, iteration, self.cfg, batches_done, rng_by_rank)
+            if self.cfg.train.async_save:  # a copy (training goes on changing the weights), written meanwhile
+                state = copy_tensors(state)
+                self.writing = threading.Thread(target=self._write, args=(state, epochs_done, batches_done))
+                self.writing.start()
+            else:
+                self._write(state, epochs_done, batches_done)
+        if not self.cfg.train.async_save:
+            barrier()  # no rank runs ahead (or exits) before the file is complete
+        self.last_save = time.monotonic()
+
+    def _write(self, state: dict[str, Any], epochs_done: int, batches_done: int) -> None:
+        try:
             if batches_done:
                 atomic_save(state, self.run_dir / LATEST)
             else:
                 save_run_checkpoint(state, self.run_dir, epochs_done, self.cfg.train.keep_last)
-        barrier()  # no rank runs ahead (or exits) before the file is complete
-        self.last_save = time.monotonic()
+        except BaseException as err:  # raised in the training thread by wait()
+            self.write_error = err
+
+    def wait(self) -> None:
+        """Until an asynchronous save is on disk (before the next one, and before training ends); its error,
+        if it failed, is raised here."""
+        if self.writing is not None:
+            self.writing.join()
+            self.writing = None
+        if self.write_error is not None:
+            error, self.write_error = self.write_error, None
+            raise error
+
+
+def copy_tensors(obj: Any) -> Any:
+    """A copy of nested containers with every tensor cloned (what an asynchronous save writes)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: copy_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(copy_tensors(v) for v in obj)
+    return obj

@@ -28,6 +28,7 @@ from dinolab.device import Runtime, resolve
 from dinolab.distributed import (
     World,
     all_reduce_int,
+    barrier,
     destroy_process_group,
     init_process_group,
     world_from_environment,
@@ -117,6 +118,8 @@ def fit(
                 if stopped:
                     break
         backbone = trainer.evaluated_backbone()  # under FSDP a collective: while the processes are still joined
+        checkpointing.wait()  # an asynchronous save is on disk before fit returns
+        barrier()
     finally:
         monitor.close()
         destroy_process_group()
