@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -406,3 +407,19 @@ def test_fit_in_bf16_on_cpu(make_config) -> None:
     assert len(records) == N_TRAIN // cfg.optim.batch_size
     assert all(math.isfinite(r["loss"]) for r in records)
     assert result.backbone.pos_embed.dtype == torch.float32  # autocast, not a bf16 model
+
+
+@pytest.mark.skipif(os.environ.get("DINOLAB_SLOW_TESTS") != "1",
+                    reason="compiles for ~1 min on 2 CPU cores; DINOLAB_SLOW_TESTS=1 runs it")
+def test_compiled_steps_train_like_eager_ones(make_config) -> None:
+    """train.compile=true: the same losses and weights as eager mode (to float tolerance) over a few steps."""
+    results = []
+    for compiled in (False, True):
+        cfg = make_config(f"compile_{compiled}", optim={"epochs": 1}, model={"drop_path_rate": 0.0},
+                          train={"compile": compiled})
+        fit(cfg, quiet=True)
+        results.append((losses(cfg.train.output_dir), checkpoint_of(cfg.train.output_dir)))
+    (eager_losses, eager), (compiled_losses, compiled) = results
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    for key, value in eager["student"].items():
+        torch.testing.assert_close(compiled["student"][key], value, rtol=1e-4, atol=5e-5, msg=key)

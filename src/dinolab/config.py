@@ -146,6 +146,8 @@ class TrainConfig:
     # fsdp = FSDP2, student and teacher sharded over the processes (models too large to replicate)
     parallel: str = "auto"  # auto | none | ddp | fsdp
     activation_checkpointing: bool = False  # recompute each block's activations in the backward: less memory
+    # torch.compile the student's and the teacher's forward: for GPUs; on CPU the first step compiles for ~1 min
+    compile: bool = False
     collective_timeout_minutes: float = 10.0  # a rank that died or hangs fails the others after this long
 
 

@@ -58,6 +58,9 @@ class Trainer:
         self.target_model = (
             load_distillation_teacher(cfg).to(runtime.device) if cfg.distill.teacher_checkpoint else self.teacher
         )
+        if cfg.train.compile:  # the forwards only: the optimizer, EMA and losses are already fused or small
+            self.student_forward = torch.compile(self.student_forward)
+            self.target_model = torch.compile(self.target_model)
         self.ema = EMATeacher(self.teacher, self.student)
         c, h = cfg.loss, cfg.head
         centering = dict(centering=c.centering, sinkhorn_iterations=c.sinkhorn_iterations)
