@@ -516,6 +516,66 @@ def add_embed_parser(sub: argparse._SubParsersAction) -> None:
     embed.set_defaults(func=_embed)
 
 
+# ---------------------------------------------------------------- curate
+
+
+def _curate(args: argparse.Namespace) -> None:
+    from dinolab.curate import CurateSettings, curate
+    from dinolab.device import resolve
+
+    settings = CurateSettings(
+        dedup_threshold=args.dedup_threshold, exclude_threshold=args.exclude_threshold, retrieve=args.retrieve,
+        neighbors=args.neighbors, retrieval_clusters=args.retrieval_clusters, per_cluster=args.per_cluster,
+        balance=args.balance, clusters=tuple(args.clusters), target=args.target, search=args.search,
+        random_seed=args.random_seed,
+    )
+    report = curate(args.pool, args.out, args.checkpoint, args.seed, args.exclude or (), settings, args.image_size,
+                    args.batch_size, resolve(args.device, args.precision), args.arch, args.entry, args.quiet)
+    print(report.summary())
+    print(f"wrote {args.out} and {report.outputs['report']}")
+
+
+def _cluster_counts(text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected cluster counts like 1000,100, got {text!r}") from None
+
+
+def add_curate_parser(sub: argparse._SubParsersAction) -> None:
+    curate = sub.add_parser(
+        "curate", parents=[_parent(*BACKBONE, *RUNTIME, QUIET)],
+        help="curate an image pool: deduplicate, decontaminate, retrieve near a seed set, balance (DINOv2)",
+        description="Writes the kept paths to --out (one per line), OUT.report.json (sizes, timing, examples), "
+                    "OUT.duplicates.txt (every duplicate group, kept image first); embeddings stay in OUT.work/ "
+                    "and are reused by later runs. Similarities are cosine, on the normalized [CLS] token.",
+    )
+    curate.add_argument("--pool", required=True, help="folder of uncurated images (searched recursively)")
+    curate.add_argument("--out", required=True, help="file list to write, e.g. curated.txt")
+    curate.add_argument("--seed", help="folder of curated images: keep the pool images nearest to them")
+    curate.add_argument("--exclude", nargs="+", help="evaluation image folders: drop pool images close to them")
+    curate.add_argument("--dedup-threshold", type=float, default=0.95,
+                        help="near-duplicates: cosine similarity at or above this (default 0.95)")
+    curate.add_argument("--exclude-threshold", type=float, default=0.95,
+                        help="drop pool images this similar to an --exclude image (default 0.95)")
+    curate.add_argument("--retrieve", default="auto", choices=["auto", "image", "cluster"],
+                        help="with --seed: N nearest per seed image, or the pool clusters nearest to the seeds "
+                             "(auto: per image from 1000 seed images on)")
+    curate.add_argument("--neighbors", type=int, default=4, help="per-image retrieval: pool images per seed image")
+    curate.add_argument("--retrieval-clusters", type=int, help="cluster retrieval: pool clusters (default sqrt(N))")
+    curate.add_argument("--per-cluster", type=int, help="cluster retrieval: images per picked cluster (default all)")
+    curate.add_argument("--balance", choices=["kmeans"], help="balance by hierarchical k-means to --target images")
+    curate.add_argument("--clusters", type=_cluster_counts, default=[1000, 100],
+                        help="balance: clusters per level, finest first (default 1000,100)")
+    curate.add_argument("--target", type=int, help="balance: images to keep")
+    curate.add_argument("--search", default="auto", choices=["auto", "exact", "faiss"],
+                        help="exact (torch) or faiss; auto: faiss from 50000 images on when installed")
+    curate.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's training size")
+    curate.add_argument("--batch-size", type=int, default=64)
+    curate.add_argument("--random-seed", type=int, default=0, help="k-means and sampling")
+    curate.set_defaults(func=_curate)
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -524,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train_parser, add_demo_parser, add_config_parser, add_checkpoint_parser, add_eval_parser,
-                add_viz_parser, add_explore_parser, add_export_parser, add_embed_parser):
+                add_viz_parser, add_explore_parser, add_export_parser, add_embed_parser, add_curate_parser):
         add(sub)
     return parser
 

@@ -1,0 +1,61 @@
+"""Copy detection on embeddings: near-duplicate groups inside a pool, and pool images too close to a
+reference set (evaluation images that must not leak into training data).
+
+Two images are near-duplicates when the cosine similarity of their embeddings is >= `threshold`. Groups
+are the connected components of that relation (as in DINOv2's deduplication, a chain a~b~c is one group
+even when a and c are further apart). Each group keeps its lowest index, which is the first path in sorted
+order: the choice does not depend on the search backend or on the order pairs are found in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dinolab.curate.search import knn, pairs_above
+
+DEFAULT_THRESHOLD = 0.95
+
+
+@dataclass
+class Dedup:
+    keep: np.ndarray  # sorted indices of the rows kept: every singleton and each group's first member
+    groups: list[list[int]]  # every group of two or more rows, members sorted, groups by their first member
+
+
+def _components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Each row's component label: its lowest-index member (union-find, union by the smaller root)."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([root(i) for i in range(n)])
+
+
+def deduplicate(x: np.ndarray, threshold: float = DEFAULT_THRESHOLD, backend: str = "auto") -> Dedup:
+    """Near-duplicate groups of the rows of `x` (L2-normalized) and the rows to keep, one per group."""
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"a cosine-similarity threshold lies in [-1, 1], got {threshold}")
+    labels = _components(len(x), pairs_above(x, threshold, backend))
+    keep = np.flatnonzero(labels == np.arange(len(x)))
+    members: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        members.setdefault(int(label), []).append(i)
+    return Dedup(keep, [group for group in members.values() if len(group) > 1])
+
+
+def too_close(pool: np.ndarray, reference: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+              backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(mask of pool rows whose most similar reference row has cosine similarity >= threshold, index of
+    that reference row for each pool row). Both inputs L2-normalized."""
+    sims, idx = knn(pool, reference, 1, backend)
+    return sims[:, 0] >= threshold, idx[:, 0]

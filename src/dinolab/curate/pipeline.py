@@ -1,0 +1,227 @@
+"""`dinolab curate`: embed a pool of images, deduplicate it, drop what is too close to evaluation sets,
+retrieve what is near a curated seed set, balance it by hierarchical k-means; write the file list and a
+report of every stage.
+
+Embeddings are the normalized [CLS] token of any backbone `dinolab.hub.load_model` reads, computed by
+`dinolab.hub.embed.embed_folder` (chunked, resumable) into a work folder next to the output, and reused
+there by later runs on the same files with the same model and settings, so trying other thresholds costs
+no second pass over the images. Stages after embedding only see L2-normalized float32 arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dinolab.curate.balance import balanced_sample, hierarchical_kmeans
+from dinolab.curate.dedup import DEFAULT_THRESHOLD, deduplicate, too_close
+from dinolab.curate.retrieve import PER_IMAGE_MIN_SEEDS, retrieve_clusters, retrieve_per_image
+from dinolab.curate.search import normalized
+from dinolab.data.datasets import ImageFolder
+from dinolab.device import Runtime
+from dinolab.hub import LoadedModel, load_model
+from dinolab.hub.embed import embed_folder
+from dinolab.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = 10  # duplicate groups and decontaminated images shown in the report
+
+
+@dataclass
+class CurateSettings:
+    """What each stage does; the defaults run deduplication and decontamination only."""
+
+    dedup_threshold: float = DEFAULT_THRESHOLD
+    exclude_threshold: float = DEFAULT_THRESHOLD
+    retrieve: str = "auto"  # with a seed set: 'image', 'cluster', or 'auto' (image from PER_IMAGE_MIN_SEEDS on)
+    neighbors: int = 4  # per-image retrieval: pool images per seed image
+    retrieval_clusters: int | None = None  # cluster retrieval: pool clusters (default: sqrt of the pool size)
+    per_cluster: int | None = None  # cluster retrieval: images drawn from each picked cluster (default: all)
+    balance: str | None = None  # 'kmeans': hierarchical k-means balancing to `target`
+    clusters: tuple[int, ...] = (1000, 100)  # balance: cluster counts, finest level first
+    target: int | None = None
+    search: str = "auto"  # 'exact', 'faiss', or 'auto' (faiss for large pools when installed)
+    random_seed: int = 0
+
+    def check(self, has_seed: bool) -> None:
+        """Errors that need no images, raised before any embedding is done."""
+        if self.retrieve not in ("auto", "image", "cluster"):
+            raise ValueError(f"retrieval is 'auto', 'image' or 'cluster', got {self.retrieve!r}")
+        if self.balance not in (None, "kmeans"):
+            raise ValueError(f"the only balancing is 'kmeans' (hierarchical k-means), got {self.balance!r}")
+        if (self.balance is None) != (self.target is None):
+            raise ValueError("--balance kmeans and --target N go together: say how many images to keep")
+        if self.target is not None and self.target < 1:
+            raise ValueError(f"--target must be a positive number of images, got {self.target}")
+        if list(self.clusters) != sorted(set(self.clusters), reverse=True) or min(self.clusters) < 1:
+            raise ValueError(f"--clusters go from the finest level to the coarsest, each one smaller, e.g. "
+                             f"1000,100; got {','.join(map(str, self.clusters))}")
+        if self.retrieve != "auto" and not has_seed:
+            raise ValueError(f"--retrieve {self.retrieve} retrieves with a seed set: pass --seed FOLDER")
+
+
+@dataclass
+class Embedded:
+    """A folder's readable images: their paths and L2-normalized embeddings (one row each)."""
+
+    paths: list[str]
+    x: np.ndarray
+    unreadable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CurateReport:
+    sizes: dict[str, int] = field(default_factory=dict)  # images left after each stage, in order
+    seconds: dict[str, float] = field(default_factory=dict)
+    duplicate_groups: int = 0
+    duplicate_examples: list[list[str]] = field(default_factory=list)  # kept image first
+    excluded_examples: list[list[str]] = field(default_factory=list)  # [pool image, evaluation image]
+    unreadable: list[str] = field(default_factory=list)
+    retrieval: str | None = None
+    settings: dict = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        stages = ", ".join(f"{name} {n} ({self.seconds.get(name, 0):.1f} s)" for name, n in self.sizes.items())
+        return (f"{stages}; {self.duplicate_groups} duplicate groups, {len(self.unreadable)} unreadable images "
+                f"skipped")
+
+
+def output_paths(out: Path) -> dict[str, Path]:
+    """Where a run writes: the list, the report, all duplicate groups, and the embedding work folder."""
+    stem = out.with_suffix("") if out.suffix == ".txt" else out
+    return {"list": out, "report": Path(f"{stem}.report.json"), "duplicates": Path(f"{stem}.duplicates.txt"),
+            "work": Path(f"{stem}.work")}
+
+
+def embed_images(loaded: LoadedModel, folder: Path, role: str, work: Path, image_size: int, batch_size: int,
+                 runtime: Runtime | None, quiet: bool) -> Embedded:
+    """The embeddings of `folder` (a pool, seed or evaluation set), from `work` when an earlier run with the
+    same files, model and settings left them there."""
+    try:
+        files = ImageFolder(folder, size=image_size).files
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"{role} folder: {err}") from None
+    cfg = loaded.config
+    key = json.dumps({"files": [str(f) for f in files], "model": _weights_digest(loaded), "image_size": image_size,
+                      "mean": list(cfg.data.mean), "std": list(cfg.data.std)})
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    npy = work / f"{role}-{digest}.npy"
+    if not (npy.is_file() and Path(f"{npy}.paths.txt").is_file()):
+        embed_folder(loaded.backbone, folder, npy, image_size=image_size, batch_size=batch_size, mean=cfg.data.mean,
+                     std=cfg.data.std, runtime=runtime, quiet=quiet)
+    else:
+        log.info("%s embeddings from %s", role, npy)
+    rows = np.load(npy)
+    paths = [str(Path(folder) / p) for p in Path(f"{npy}.paths.txt").read_text().splitlines()]
+    readable = ~np.isnan(rows).any(axis=1)
+    if not readable.any():
+        raise ValueError(f"none of the {len(paths)} images under {role} folder {folder} could be read")
+    return Embedded([p for p, ok in zip(paths, readable, strict=True) if ok], normalized(rows[readable]),
+                    [p for p, ok in zip(paths, readable, strict=True) if not ok])
+
+
+def _weights_digest(loaded: LoadedModel) -> str:
+    """A hash of the backbone's weights: cached embeddings are only reused with the very same model."""
+    h = hashlib.sha1()
+    for name, tensor in loaded.backbone.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _stage_done(report: CurateReport, name: str, rows: np.ndarray, started: float) -> np.ndarray:
+    """Record the size and duration of the stage that left `rows` (pool row indices)."""
+    report.seconds[name] = round(time.perf_counter() - started, 3)
+    report.sizes[name] = len(rows)
+    log.info("%s: %d images left", name, len(rows))
+    return rows
+
+
+def curate(
+    pool: str | Path,
+    out: str | Path,
+    checkpoint: str | Path,
+    seed: str | Path | None = None,
+    exclude: Sequence[str | Path] = (),
+    settings: CurateSettings | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    runtime: Runtime | None = None,
+    arch: str | None = None,
+    entry: str | None = None,
+    quiet: bool = False,
+) -> CurateReport:
+    """Curate the images under `pool` into the file list `out` (one path per line); see the module docstring.
+    Also writes `<out stem>.report.json`, `<out stem>.duplicates.txt` (every group, kept image first) and
+    keeps the embeddings in `<out stem>.work/`."""
+    settings = settings or CurateSettings()
+    settings.check(seed is not None)
+    out = Path(out)
+    files = output_paths(out)
+    report = CurateReport(settings=asdict(settings), outputs={k: str(v) for k, v in files.items()})
+    loaded = load_model(checkpoint, arch=arch, entry=entry)
+    size = image_size or loaded.config.data.global_crops_size
+
+    def embed(folder: str | Path, role: str) -> Embedded:
+        return embed_images(loaded, Path(folder), role, files["work"], size, batch_size, runtime, quiet)
+
+    started = time.perf_counter()
+    data = embed(pool, "pool")
+    report.unreadable = data.unreadable
+    report.sizes["pool"] = len(data.paths) + len(data.unreadable)
+    rows = _stage_done(report, "embedded", np.arange(len(data.paths)), started)
+
+    started = time.perf_counter()
+    dedup = deduplicate(data.x, settings.dedup_threshold, settings.search)
+    report.duplicate_groups = len(dedup.groups)
+    report.duplicate_examples = [[data.paths[i] for i in g] for g in dedup.groups[:EXAMPLES]]
+    atomic_write_text("".join("\t".join(data.paths[i] for i in g) + "\n" for g in dedup.groups), files["duplicates"])
+    rows = _stage_done(report, "deduplicated", rows[dedup.keep], started)
+
+    if exclude:
+        started = time.perf_counter()
+        references = [embed(folder, "exclude") for folder in exclude]
+        ref_paths = [p for r in references for p in r.paths]
+        close, nearest = too_close(data.x[rows], np.concatenate([r.x for r in references]),
+                                   settings.exclude_threshold, settings.search)
+        report.excluded_examples = [[data.paths[rows[i]], ref_paths[nearest[i]]]
+                                    for i in np.flatnonzero(close)[:EXAMPLES]]
+        rows = _stage_done(report, "decontaminated", rows[~close], started)
+
+    if seed is not None:
+        started = time.perf_counter()
+        seeds = embed(seed, "seed")
+        mode = settings.retrieve
+        if mode == "auto":
+            mode = "image" if len(seeds.paths) >= PER_IMAGE_MIN_SEEDS else "cluster"
+        report.retrieval = mode
+        if mode == "image":
+            keep = retrieve_per_image(data.x[rows], seeds.x, settings.neighbors, settings.search)
+        else:
+            clusters = settings.retrieval_clusters or max(1, round(len(rows) ** 0.5))
+            keep = retrieve_clusters(data.x[rows], seeds.x, min(clusters, len(rows)), settings.per_cluster,
+                                     settings.search, settings.random_seed)
+        rows = _stage_done(report, "retrieved", rows[keep], started)
+
+    if settings.balance:
+        started = time.perf_counter()
+        if settings.target > len(rows):
+            raise ValueError(f"--target {settings.target} is more than the {len(rows)} images left after "
+                             f"{list(report.sizes)[-1]}: lower --target")
+        levels = sorted({min(k, len(rows)) for k in settings.clusters}, reverse=True)  # no more clusters than images
+        labels = hierarchical_kmeans(data.x[rows], levels, settings.search, settings.random_seed)
+        rows = _stage_done(report, "balanced", rows[balanced_sample(labels, settings.target, settings.random_seed)],
+                           started)
+
+    atomic_write_text("".join(data.paths[i] + "\n" for i in rows), out)
+    atomic_write_text(json.dumps(asdict(report), indent=1), files["report"])
+    return report

@@ -1,0 +1,240 @@
+"""`dinolab curate` and its stages: search against brute force, planted duplicates, decontamination,
+retrieval, hierarchical balancing quotas, and the command line end to end on a tiny generated pool
+(duplicates, an unreadable file, bad inputs as one-line errors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import random_rgb, save_image
+
+import dinolab.curate.search as search_module
+from dinolab.cli import main
+from dinolab.curate import (
+    balanced_quotas,
+    balanced_sample,
+    deduplicate,
+    hierarchical_kmeans,
+    knn,
+    normalized,
+    pairs_above,
+    retrieve_clusters,
+    retrieve_per_image,
+    too_close,
+)
+from dinolab.hub import dinov2_vits14, save_backbone
+
+BACKENDS = ["exact", pytest.param("faiss", marks=pytest.mark.skipif(
+    not search_module.faiss_available(), reason="faiss-cpu not installed"))]
+
+
+def unit_rows(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    return normalized(np.random.default_rng(seed).standard_normal((n, dim)))
+
+
+def with_planted_copies(base: np.ndarray, originals: np.ndarray, noise: float, seed: int = 1) -> np.ndarray:
+    """`base` followed by a slightly perturbed copy of each row in `originals`."""
+    rng = np.random.default_rng(seed)
+    copies = base[originals] + noise * rng.standard_normal((len(originals), base.shape[1])).astype(np.float32)
+    return normalized(np.concatenate([base, copies]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_knn_is_brute_force_top_k(backend: str) -> None:
+    base, queries = unit_rows(300), unit_rows(25, seed=1)
+    sims, idx = knn(queries, base, 7, backend, block=64)  # several query and base blocks
+    brute = queries @ base.T
+    expected = np.argsort(-brute, axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_allclose(sims, np.take_along_axis(brute, expected, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pairs_above_is_brute_force(backend: str) -> None:
+    x = with_planted_copies(unit_rows(150), np.arange(0, 150, 5), noise=0.2)
+    brute = x @ x.T
+    expected = {(i, j) for i, j in zip(*np.nonzero(brute >= 0.9), strict=True) if i < j}
+    found = pairs_above(x, 0.9, backend, block=40)
+    assert {tuple(p) for p in found.tolist()} == expected and len(found) == len(expected) > 0
+
+
+def test_planted_near_duplicates_are_found() -> None:
+    originals = np.arange(3, 200, 10)
+    x = with_planted_copies(unit_rows(200, dim=64), originals, noise=0.02)
+    result = deduplicate(x, threshold=0.95, backend="exact")
+    assert result.groups == [[int(o), 200 + i] for i, o in enumerate(originals)]
+    assert len(result.keep) == 200 and set(result.keep) == set(range(200))  # every copy dropped, originals kept
+
+
+def test_exact_duplicate_group_keeps_its_first_member() -> None:
+    x = unit_rows(50)
+    x[[17, 40]] = x[5]
+    result = deduplicate(x, threshold=0.99)
+    assert result.groups == [[5, 17, 40]]
+    assert 5 in result.keep and 17 not in result.keep and 40 not in result.keep and len(result.keep) == 48
+
+
+def test_threshold_outside_cosine_range_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        deduplicate(unit_rows(5), threshold=1.5)
+
+
+def test_too_close_flags_copies_of_reference_images() -> None:
+    pool = unit_rows(100)
+    reference = normalized(pool[[10, 20]] + 0.01)
+    close, nearest = too_close(pool, reference, 0.95)
+    assert np.flatnonzero(close).tolist() == [10, 20] and nearest[[10, 20]].tolist() == [0, 1]
+
+
+def test_per_image_retrieval_is_the_union_of_true_neighbours() -> None:
+    pool, seed = unit_rows(400), unit_rows(12, seed=2)
+    expected = np.unique(np.argsort(-(seed @ pool.T), axis=1)[:, :4])
+    np.testing.assert_array_equal(retrieve_per_image(pool, seed, 4), expected)
+
+
+def test_cluster_retrieval_stays_in_the_seed_region() -> None:
+    rng = np.random.default_rng(0)
+    centers = normalized(rng.standard_normal((4, 16))) * 10
+    pool = normalized(np.repeat(centers, 50, axis=0) + rng.standard_normal((200, 16)))  # 4 blobs of 50
+    seed = normalized(centers[[1]] + rng.standard_normal((5, 16)))
+    kept = retrieve_clusters(pool, seed, clusters=4)
+    assert kept.tolist() == list(range(50, 100))
+    assert len(retrieve_clusters(pool, seed, clusters=4, per_cluster=10)) == 10
+
+
+def test_balanced_quotas_fill_evenly() -> None:
+    assert balanced_quotas([1, 5, 10, 3], 12).tolist() == [1, 4, 4, 3]
+    assert balanced_quotas([100, 100, 1], 11).tolist() == [5, 5, 1]
+    assert balanced_quotas([4, 4], 8).tolist() == [4, 4]
+    with pytest.raises(ValueError):
+        balanced_quotas([2, 2], 5)
+
+
+def test_balanced_sample_follows_the_cluster_quotas() -> None:
+    # 6 leaves of sizes 40, 5, 30, 3, 3, 100 under 2 top clusters {0, 1, 2} and {3, 4, 5}
+    leaf_sizes = [40, 5, 30, 3, 3, 100]
+    leaf = np.repeat(np.arange(6), leaf_sizes)
+    top = np.array([0, 0, 0, 1, 1, 1])[leaf]
+    sample = balanced_sample([leaf, top], target=60, random_seed=3)
+    assert len(sample) == len(set(sample)) == 60
+    assert np.bincount(top[sample]).tolist() == [30, 30]  # the target split evenly over the top clusters
+    assert np.bincount(leaf[sample], minlength=6).tolist() == [13, 5, 12, 3, 3, 24]  # then over their leaves
+    assert balanced_quotas([40, 5, 30], 30).tolist() == [13, 5, 12]
+
+
+def test_hierarchical_kmeans_nests_levels() -> None:
+    x = unit_rows(300)
+    leaf, top = hierarchical_kmeans(x, [20, 4])
+    assert len(np.unique(leaf)) <= 20 and len(np.unique(top)) <= 4
+    for c in np.unique(leaf):  # every leaf cluster lies inside one top cluster
+        assert len(np.unique(top[leaf == c])) == 1
+    with pytest.raises(ValueError, match="finest"):
+        hierarchical_kmeans(x, [4, 20])
+
+
+def test_balanced_target_larger_than_the_pool_is_refused() -> None:
+    with pytest.raises(ValueError, match="--target 11"):
+        balanced_sample([np.zeros(10, dtype=int)], target=11)
+
+
+# ---------------------------------------------------------------- the command line, on image folders
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    # without LayerScale: at random init its 1e-5 gains make every [CLS] token the same
+    model = dinov2_vits14(depth=1, embed_dim=32, num_heads=2, img_size=28, layerscale_init=None)
+    return save_backbone(model, tmp_path / "tiny.safetensors")
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Path:
+    """12 random images, image 3 copied twice (exact duplicates), and one file that is not an image."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "pool"
+    images = [random_rgb(rng, 32, 32) for _ in range(12)]
+    for i, image in enumerate(images):
+        save_image(root / f"img{i:02d}.png", image)
+    save_image(root / "copies" / "a.png", images[3])
+    save_image(root / "copies" / "b.png", images[3])
+    (root / "broken.png").write_bytes(b"not a png")
+    save_image(tmp_path / "benchmark" / "leak.png", images[7])
+    save_image(tmp_path / "seed" / "s.png", images[9])
+    return root
+
+
+def run_curate(pool: Path, checkpoint: Path, out: Path, *extra: str) -> int:
+    """A random-init model puts all images close together (cosine ~0.98 for random noise): only exact copies
+    are above the 0.9999 thresholds used here."""
+    return main(["curate", "--pool", str(pool), "--checkpoint", str(checkpoint), "--out", str(out),
+                 "--image-size", "28", "--device", "cpu", "--precision", "fp32", "--quiet",
+                 "--dedup-threshold", "0.9999", "--exclude-threshold", "0.9999", *extra])
+
+
+def test_cli_deduplicates_decontaminates_and_skips_unreadable(pool: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "clean.txt"
+    assert run_curate(pool, checkpoint, out, "--exclude", str(tmp_path / "benchmark")) == 0
+    kept = out.read_text().splitlines()
+    expected = [pool / "copies/a.png"] + [pool / f"img{i:02d}.png" for i in range(12) if i not in (3, 7)]
+    assert kept == [str(p) for p in expected]  # one of the 3 copies (the first path) kept, the leak gone
+    report = json.loads((tmp_path / "clean.report.json").read_text())
+    assert report["sizes"] == {"pool": 15, "embedded": 14, "deduplicated": 12, "decontaminated": 11}
+    assert report["unreadable"] == [str(pool / "broken.png")]
+    assert report["duplicate_examples"] == [[str(pool / "copies/a.png"), str(pool / "copies/b.png"),
+                                             str(pool / "img03.png")]]
+    assert report["excluded_examples"] == [[str(pool / "img07.png"), str(tmp_path / "benchmark" / "leak.png")]]
+    assert set(report["seconds"]) == {"embedded", "deduplicated", "decontaminated"}
+    assert (tmp_path / "clean.duplicates.txt").read_text().count("\t") == 2
+
+
+def test_cli_retrieves_and_balances_reusing_embeddings(pool: Path, checkpoint: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "curated.txt"
+    assert run_curate(pool, checkpoint, out, "--seed", str(tmp_path / "seed"), "--retrieve", "image",
+                      "--neighbors", "3") == 0
+    kept = out.read_text().splitlines()
+    assert len(kept) == 3 and str(pool / "img09.png") in kept  # the seed's own copy is its nearest
+    monkeypatch.setattr("dinolab.curate.pipeline.embed_folder", lambda *a, **k: pytest.fail("embedded again"))
+    assert run_curate(pool, checkpoint, out, "--balance", "kmeans", "--clusters", "4,2", "--target", "5") == 0
+    assert len(set(out.read_text().splitlines())) == 5
+    assert json.loads((tmp_path / "curated.report.json").read_text())["sizes"]["balanced"] == 5
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("empty pool", "pool folder: no images found"),
+    ("empty seed", "seed folder: no images found"),
+    ("not a backbone", "not a ViT backbone"),
+    ("target too large", "--target 100 is more than the 12 images"),
+    ("faiss missing", "pip install 'dinolab[faiss]'"),
+    ("target without balance", "--balance kmeans and --target N go together"),
+])
+def test_cli_bad_input_is_a_one_line_error(case: str, message: str, pool: Path, checkpoint: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    extra = {
+        "empty seed": ["--seed", str(tmp_path / "empty")],
+        "target too large": ["--balance", "kmeans", "--clusters", "4", "--target", "100"],
+        "faiss missing": ["--search", "faiss"],
+        "target without balance": ["--target", "3"],
+    }.get(case, [])
+    if case == "not a backbone":
+        from safetensors.numpy import save_file
+
+        save_file({"head.weight": np.zeros((2, 2), dtype=np.float32)}, str(tmp_path / "head.safetensors"))
+        checkpoint = tmp_path / "head.safetensors"
+    if case == "faiss missing":
+        monkeypatch.setattr(search_module, "faiss_available", lambda: False)
+    source = tmp_path / "empty" if case == "empty pool" else pool
+    assert run_curate(source, checkpoint, tmp_path / "out.txt", *extra) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dinolab: error:") and message in err and "Traceback" not in err
+
+
+def test_missing_faiss_still_searches_small_pools_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(search_module, "faiss_available", lambda: False)
+    x = unit_rows(60)
+    assert search_module.choose_backend("auto", len(x)) == "exact"
+    assert len(knn(x, x, 2)[1]) == 60
