@@ -276,3 +276,33 @@ def test_asynchronous_saves_write_what_synchronous_ones_do(make_config) -> None:
     a, b = (read_checkpoint(c.train.output_dir) for c in (sync, background))
     for entry in ("student", "teacher"):
         assert_same_states(a[entry], b[entry])
+
+
+RANK_1_DIES = """
+import os, sys
+from dinolab import config
+from dinolab.train import Trainer, fit
+
+step = Trainer.step
+
+def step_or_die(self, *args, **kwargs):
+    if os.environ["RANK"] == "1":
+        os._exit(3)  # a process that dies without a word (out of memory, a lost node)
+    return step(self, *args, **kwargs)
+
+Trainer.step = step_or_die
+fit(config.load(sys.argv[1]), quiet=True)
+"""
+
+
+def test_a_rank_that_dies_stops_the_run_with_its_name_instead_of_a_hang(fmnist_dir: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(fmnist_dir, tmp_path / "run", optim={"epochs": 1})
+    config_lib.save(cfg, tmp_path / "run.yaml")
+    (tmp_path / "dies.py").write_text(RANK_1_DIES)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(tmp_path / "dies.py"), str(tmp_path / "run.yaml")],
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "rank      : 1" in done.stderr and "exitcode  : 3" in done.stderr
+    assert time.monotonic() - start < 120  # torchrun stopped rank 0 rather than letting it wait for rank 1
