@@ -210,6 +210,7 @@ def test_cli_retrieves_and_balances_reusing_embeddings(pool: Path, checkpoint: P
     ("target too large", "--target 100 is more than the 12 images"),
     ("faiss missing", "pip install 'dinolab[faiss]'"),
     ("target without balance", "--balance kmeans and --target N go together"),
+    ("everything excluded", "within --exclude-threshold"),
 ])
 def test_cli_bad_input_is_a_one_line_error(case: str, message: str, pool: Path, checkpoint: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
@@ -219,6 +220,7 @@ def test_cli_bad_input_is_a_one_line_error(case: str, message: str, pool: Path, 
         "target too large": ["--balance", "kmeans", "--clusters", "4", "--target", "100"],
         "faiss missing": ["--search", "faiss"],
         "target without balance": ["--target", "3"],
+        "everything excluded": ["--exclude", str(pool)],
     }.get(case, [])
     if case == "not a backbone":
         from safetensors.numpy import save_file

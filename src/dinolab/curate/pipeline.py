@@ -102,16 +102,16 @@ def output_paths(out: Path) -> dict[str, Path]:
             "work": Path(f"{stem}.work")}
 
 
-def embed_images(loaded: LoadedModel, folder: Path, role: str, work: Path, image_size: int, batch_size: int,
-                 runtime: Runtime | None, quiet: bool) -> Embedded:
+def embed_images(loaded: LoadedModel, weights: str, folder: Path, role: str, work: Path, image_size: int,
+                 batch_size: int, runtime: Runtime | None, quiet: bool) -> Embedded:
     """The embeddings of `folder` (a pool, seed or evaluation set), from `work` when an earlier run with the
-    same files, model and settings left them there."""
+    same files, model (`weights`: its `weights_digest`) and settings left them there."""
     try:
         files = ImageFolder(folder, size=image_size).files
     except (FileNotFoundError, ValueError) as err:
         raise type(err)(f"{role} folder: {err}") from None
     cfg = loaded.config
-    key = json.dumps({"files": [str(f) for f in files], "model": _weights_digest(loaded), "image_size": image_size,
+    key = json.dumps({"files": [str(f) for f in files], "model": weights, "image_size": image_size,
                       "mean": list(cfg.data.mean), "std": list(cfg.data.std)})
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     npy = work / f"{role}-{digest}.npy"
@@ -129,7 +129,7 @@ def embed_images(loaded: LoadedModel, folder: Path, role: str, work: Path, image
                     [p for p, ok in zip(paths, readable, strict=True) if not ok])
 
 
-def _weights_digest(loaded: LoadedModel) -> str:
+def weights_digest(loaded: LoadedModel) -> str:
     """A hash of the backbone's weights: cached embeddings are only reused with the very same model."""
     h = hashlib.sha1()
     for name, tensor in loaded.backbone.state_dict().items():
@@ -170,9 +170,10 @@ def curate(
     report = CurateReport(settings=asdict(settings), outputs={k: str(v) for k, v in files.items()})
     loaded = load_model(checkpoint, arch=arch, entry=entry)
     size = image_size or loaded.config.data.global_crops_size
+    weights = weights_digest(loaded)
 
     def embed(folder: str | Path, role: str) -> Embedded:
-        return embed_images(loaded, Path(folder), role, files["work"], size, batch_size, runtime, quiet)
+        return embed_images(loaded, weights, Path(folder), role, files["work"], size, batch_size, runtime, quiet)
 
     started = time.perf_counter()
     data = embed(pool, "pool")
@@ -193,6 +194,9 @@ def curate(
         ref_paths = [p for r in references for p in r.paths]
         close, nearest = too_close(data.x[rows], np.concatenate([r.x for r in references]),
                                    settings.exclude_threshold, settings.search)
+        if close.all():
+            raise ValueError(f"all {len(rows)} pool images are within --exclude-threshold "
+                             f"{settings.exclude_threshold} of an --exclude image: raise it, or check the folders")
         report.excluded_examples = [[data.paths[rows[i]], ref_paths[nearest[i]]]
                                     for i in np.flatnonzero(close)[:EXAMPLES]]
         rows = _stage_done(report, "decontaminated", rows[~close], started)
