@@ -17,10 +17,10 @@ from dinolab.curate import (
     balanced_quotas,
     balanced_sample,
     deduplicate,
+    duplicate_pairs,
     hierarchical_kmeans,
     knn,
     normalized,
-    pairs_above,
     retrieve_clusters,
     retrieve_per_image,
     too_close,
@@ -53,18 +53,26 @@ def test_knn_is_brute_force_top_k(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_pairs_above_is_brute_force(backend: str) -> None:
+def test_duplicate_pairs_are_the_thresholded_knn_graph(backend: str) -> None:
     x = with_planted_copies(unit_rows(150), np.arange(0, 150, 5), noise=0.2)
     brute = x @ x.T
-    expected = {(i, j) for i, j in zip(*np.nonzero(brute >= 0.9), strict=True) if i < j}
-    found = pairs_above(x, 0.9, backend, block=40)
+    np.fill_diagonal(brute, -np.inf)
+    nearest = np.argsort(-brute, axis=1, kind="stable")[:, :3]
+    expected = {(i, int(j)) for i in range(len(x)) for j in nearest[i] if brute[i, j] >= 0.9}
+    found = duplicate_pairs(x, 0.9, neighbors=3, backend=backend)
     assert {tuple(p) for p in found.tolist()} == expected and len(found) == len(expected) > 0
+
+
+def test_a_group_larger_than_the_neighbour_count_is_found_whole() -> None:
+    x = unit_rows(40)
+    x[10:30] = x[10]  # 20 identical rows, 4 neighbours each
+    assert deduplicate(x, 0.99, neighbors=4).groups == [list(range(10, 30))]
 
 
 def test_planted_near_duplicates_are_found() -> None:
     originals = np.arange(3, 200, 10)
     x = with_planted_copies(unit_rows(200, dim=64), originals, noise=0.02)
-    result = deduplicate(x, threshold=0.95, backend="exact")
+    result = deduplicate(x, threshold=0.95)
     assert result.groups == [[int(o), 200 + i] for i, o in enumerate(originals)]
     assert len(result.keep) == 200 and set(result.keep) == set(range(200))  # every copy dropped, originals kept
 

@@ -524,7 +524,8 @@ def _curate(args: argparse.Namespace) -> None:
     from dinolab.device import resolve
 
     settings = CurateSettings(
-        dedup_threshold=args.dedup_threshold, exclude_threshold=args.exclude_threshold, retrieve=args.retrieve,
+        dedup_threshold=args.dedup_threshold, dedup_neighbors=args.dedup_neighbors,
+        exclude_threshold=args.exclude_threshold, retrieve=args.retrieve,
         neighbors=args.neighbors, retrieval_clusters=args.retrieval_clusters, per_cluster=args.per_cluster,
         balance=args.balance, clusters=tuple(args.clusters), target=args.target, search=args.search,
         random_seed=args.random_seed,
@@ -556,6 +557,8 @@ def add_curate_parser(sub: argparse._SubParsersAction) -> None:
     curate.add_argument("--exclude", nargs="+", help="evaluation image folders: drop pool images close to them")
     curate.add_argument("--dedup-threshold", type=float, default=0.95,
                         help="near-duplicates: cosine similarity at or above this (default 0.95)")
+    curate.add_argument("--dedup-neighbors", type=int, default=32,
+                        help="near-duplicates are looked for among each image's this many nearest (default 32)")
     curate.add_argument("--exclude-threshold", type=float, default=0.95,
                         help="drop pool images this similar to an --exclude image (default 0.95)")
     curate.add_argument("--retrieve", default="auto", choices=["auto", "image", "cluster"],

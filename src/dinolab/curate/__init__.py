@@ -5,10 +5,10 @@ image folders and writes a file list and a report.
 """
 
 from dinolab.curate.balance import balanced_quotas, balanced_sample, hierarchical_kmeans
-from dinolab.curate.dedup import Dedup, deduplicate, too_close
+from dinolab.curate.dedup import Dedup, deduplicate, duplicate_pairs, too_close
 from dinolab.curate.pipeline import CurateReport, CurateSettings, curate
 from dinolab.curate.retrieve import retrieve_clusters, retrieve_per_image
-from dinolab.curate.search import kmeans, knn, normalized, pairs_above
+from dinolab.curate.search import kmeans, knn, normalized
 
 __all__ = [
     "CurateReport",
@@ -18,11 +18,11 @@ __all__ = [
     "balanced_sample",
     "curate",
     "deduplicate",
+    "duplicate_pairs",
     "hierarchical_kmeans",
     "kmeans",
     "knn",
     "normalized",
-    "pairs_above",
     "retrieve_clusters",
     "retrieve_per_image",
     "too_close",

@@ -1,10 +1,13 @@
 """Copy detection on embeddings: near-duplicate groups inside a pool, and pool images too close to a
 reference set (evaluation images that must not leak into training data).
 
-Two images are near-duplicates when the cosine similarity of their embeddings is >= `threshold`. Groups
-are the connected components of that relation (as in DINOv2's deduplication, a chain a~b~c is one group
-even when a and c are further apart). Each group keeps its lowest index, which is the first path in sorted
-order: the choice does not depend on the search backend or on the order pairs are found in.
+Two images are near-duplicates when the cosine similarity of their embeddings is >= `threshold`. As in
+DINOv2, the relation is read off the k-nearest-neighbour graph (each image's `neighbors` most similar
+ones), so memory stays at N x k whatever the threshold, and groups are its connected components: a chain
+a~b~c is one group even when a and c are further apart. A group larger than `neighbors` is still found
+whole as long as its members link up through their nearest neighbours (exact copies do under exact search,
+where ties go to the lower index). Each group keeps its lowest index, the first path in sorted order:
+the choice does not depend on the search backend or on the order pairs are found in.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinolab.curate.search import knn, pairs_above
+from dinolab.curate.search import knn
 
 DEFAULT_THRESHOLD = 0.95
+NEIGHBORS = 32
 
 
 @dataclass
@@ -41,11 +45,20 @@ def _components(n: int, pairs: np.ndarray) -> np.ndarray:
     return np.array([root(i) for i in range(n)])
 
 
-def deduplicate(x: np.ndarray, threshold: float = DEFAULT_THRESHOLD, backend: str = "auto") -> Dedup:
+def duplicate_pairs(x: np.ndarray, threshold: float, neighbors: int = NEIGHBORS, backend: str = "auto") -> np.ndarray:
+    """(P, 2) row pairs (i, j), i != j, where j is among i's `neighbors` nearest rows with similarity >= threshold."""
+    sims, idx = knn(x, x, neighbors + 1, backend)  # + 1: a row is (one of) its own nearest
+    rows = np.broadcast_to(np.arange(len(x))[:, None], idx.shape)
+    linked = (sims >= threshold) & (idx != rows)
+    return np.stack((rows[linked], idx[linked]), 1)
+
+
+def deduplicate(x: np.ndarray, threshold: float = DEFAULT_THRESHOLD, neighbors: int = NEIGHBORS,
+                backend: str = "auto") -> Dedup:
     """Near-duplicate groups of the rows of `x` (L2-normalized) and the rows to keep, one per group."""
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"a cosine-similarity threshold lies in [-1, 1], got {threshold}")
-    labels = _components(len(x), pairs_above(x, threshold, backend))
+    labels = _components(len(x), duplicate_pairs(x, threshold, neighbors, backend))
     keep = np.flatnonzero(labels == np.arange(len(x)))
     members: dict[int, list[int]] = {}
     for i, label in enumerate(labels):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dinolab.curate.balance import balanced_sample, hierarchical_kmeans
-from dinolab.curate.dedup import DEFAULT_THRESHOLD, deduplicate, too_close
+from dinolab.curate.dedup import DEFAULT_THRESHOLD, NEIGHBORS, deduplicate, too_close
 from dinolab.curate.retrieve import PER_IMAGE_MIN_SEEDS, retrieve_clusters, retrieve_per_image
 from dinolab.curate.search import normalized
 from dinolab.data.datasets import ImageFolder
@@ -40,6 +40,7 @@ class CurateSettings:
     """What each stage does; the defaults run deduplication and decontamination only."""
 
     dedup_threshold: float = DEFAULT_THRESHOLD
+    dedup_neighbors: int = NEIGHBORS  # the k of the k-NN graph near-duplicates are read from
     exclude_threshold: float = DEFAULT_THRESHOLD
     retrieve: str = "auto"  # with a seed set: 'image', 'cluster', or 'auto' (image from PER_IMAGE_MIN_SEEDS on)
     neighbors: int = 4  # per-image retrieval: pool images per seed image
@@ -182,7 +183,7 @@ def curate(
     rows = _stage_done(report, "embedded", np.arange(len(data.paths)), started)
 
     started = time.perf_counter()
-    dedup = deduplicate(data.x, settings.dedup_threshold, settings.search)
+    dedup = deduplicate(data.x, settings.dedup_threshold, settings.dedup_neighbors, settings.search)
     report.duplicate_groups = len(dedup.groups)
     report.duplicate_examples = [[data.paths[i] for i in g] for g in dedup.groups[:EXAMPLES]]
     atomic_write_text("".join("\t".join(data.paths[i] for i in g) + "\n" for g in dedup.groups), files["duplicates"])

@@ -1,5 +1,5 @@
-"""Cosine-similarity search over L2-normalized float32 embeddings: k nearest neighbours, pairs above a
-threshold, and k-means, exact in torch or through faiss when installed and the base is large.
+"""Cosine-similarity search over L2-normalized float32 embeddings: k nearest neighbours and k-means,
+exact in torch or through faiss when installed and the base is large.
 
 Memory stays bounded: queries and base are both cut into blocks, so no more than `block` x `block`
 similarities exist at once, whatever the sizes. The faiss path uses flat (exact) inner-product indexes,
@@ -84,27 +84,6 @@ def knn(queries: np.ndarray, base: np.ndarray, k: int, backend: str = "auto",
             best_s, best_i = cand_s.gather(1, order), cand_i.gather(1, order)
         sims[qs], idx[qs] = best_s.numpy(), best_i.numpy()
     return sims, idx
-
-
-def pairs_above(x: np.ndarray, threshold: float, backend: str = "auto", block: int = BLOCK) -> np.ndarray:
-    """(P, 2) index pairs i < j of rows of `x` (L2-normalized) whose cosine similarity is >= threshold."""
-    found = []
-    if choose_backend(backend, len(x)) == "faiss":
-        index = _faiss_index(x)
-        for qs in _blocks(len(x), block):
-            lims, _, ids = index.range_search(np.ascontiguousarray(x[qs]), float(np.nextafter(threshold, -1)))
-            rows = np.repeat(np.arange(qs.start, qs.stop), np.diff(lims).astype(np.int64))
-            found.append(np.stack((rows, ids), 1))
-    else:
-        t = torch.from_numpy(x)
-        for qs in _blocks(len(x), block):
-            for bs in _blocks(len(x), block):
-                if bs.stop <= qs.start:  # only pairs i < j: blocks below the diagonal hold none
-                    continue
-                rows, cols = torch.nonzero(t[qs] @ t[bs].T >= threshold, as_tuple=True)
-                found.append(np.stack((rows.numpy() + qs.start, cols.numpy() + bs.start), 1))
-    pairs = np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
-    return pairs[pairs[:, 0] < pairs[:, 1]].astype(np.int64)
 
 
 def kmeans(x: np.ndarray, k: int, backend: str = "auto", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
