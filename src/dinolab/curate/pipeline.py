@@ -140,11 +140,61 @@ def weights_digest(loaded: LoadedModel) -> str:
 
 
 def _stage_done(report: CurateReport, name: str, rows: np.ndarray, started: float) -> np.ndarray:
-    """Record the size and duration of the stage that left `rows` (pool row indices)."""
+    """Record the size and duration of the stage that started at `started` and left `rows` (pool row indices).
+    Each stage below returns (rows, started)."""
     report.seconds[name] = round(time.perf_counter() - started, 3)
     report.sizes[name] = len(rows)
     log.info("%s: %d images left", name, len(rows))
     return rows
+
+
+def _deduplicate(data: Embedded, settings: CurateSettings, report: CurateReport,
+                 groups_file: Path) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    dedup = deduplicate(data.x, settings.dedup_threshold, settings.dedup_neighbors, settings.search)
+    report.duplicate_groups = len(dedup.groups)
+    report.duplicate_examples = [[data.paths[i] for i in g] for g in dedup.groups[:EXAMPLES]]
+    atomic_write_text("".join("\t".join(data.paths[i] for i in g) + "\n" for g in dedup.groups), groups_file)
+    return dedup.keep, started
+
+
+def _decontaminate(data: Embedded, rows: np.ndarray, references: list[Embedded], settings: CurateSettings,
+                   report: CurateReport) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    ref_paths = [p for r in references for p in r.paths]
+    close, nearest = too_close(data.x[rows], np.concatenate([r.x for r in references]), settings.exclude_threshold,
+                               settings.search)
+    if close.all():
+        raise ValueError(f"all {len(rows)} pool images are within --exclude-threshold "
+                         f"{settings.exclude_threshold} of an --exclude image: raise it, or check the folders")
+    report.excluded_examples = [[data.paths[rows[i]], ref_paths[nearest[i]]] for i in np.flatnonzero(close)[:EXAMPLES]]
+    return rows[~close], started
+
+
+def _retrieve(data: Embedded, rows: np.ndarray, seeds: Embedded, settings: CurateSettings,
+              report: CurateReport) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    mode = settings.retrieve
+    if mode == "auto":
+        mode = "image" if len(seeds.paths) >= PER_IMAGE_MIN_SEEDS else "cluster"
+    report.retrieval = mode
+    if mode == "image":
+        return rows[retrieve_per_image(data.x[rows], seeds.x, settings.neighbors, settings.search)], started
+    clusters = min(settings.retrieval_clusters or max(1, round(len(rows) ** 0.5)), len(rows))
+    keep = retrieve_clusters(data.x[rows], seeds.x, clusters, settings.per_cluster, settings.search,
+                             settings.random_seed)
+    return rows[keep], started
+
+
+def _balance(data: Embedded, rows: np.ndarray, settings: CurateSettings,
+             report: CurateReport) -> tuple[np.ndarray, float]:
+    started = time.perf_counter()
+    if settings.target > len(rows):
+        raise ValueError(f"--target {settings.target} is more than the {len(rows)} images left after "
+                         f"{list(report.sizes)[-1]}: lower --target")
+    levels = sorted({min(k, len(rows)) for k in settings.clusters}, reverse=True)  # no more clusters than images
+    labels = hierarchical_kmeans(data.x[rows], levels, settings.search, settings.random_seed)
+    return rows[balanced_sample(labels, settings.target, settings.random_seed)], started
 
 
 def curate(
@@ -176,57 +226,20 @@ def curate(
     def embed(folder: str | Path, role: str) -> Embedded:
         return embed_images(loaded, weights, Path(folder), role, files["work"], size, batch_size, runtime, quiet)
 
-    started = time.perf_counter()
+    started = time.perf_counter()  # every folder first: a bad seed or evaluation folder fails before any work
     data = embed(pool, "pool")
+    references = [embed(folder, "exclude") for folder in exclude]
+    seeds = embed(seed, "seed") if seed is not None else None
     report.unreadable = data.unreadable
     report.sizes["pool"] = len(data.paths) + len(data.unreadable)
     rows = _stage_done(report, "embedded", np.arange(len(data.paths)), started)
-
-    started = time.perf_counter()
-    dedup = deduplicate(data.x, settings.dedup_threshold, settings.dedup_neighbors, settings.search)
-    report.duplicate_groups = len(dedup.groups)
-    report.duplicate_examples = [[data.paths[i] for i in g] for g in dedup.groups[:EXAMPLES]]
-    atomic_write_text("".join("\t".join(data.paths[i] for i in g) + "\n" for g in dedup.groups), files["duplicates"])
-    rows = _stage_done(report, "deduplicated", rows[dedup.keep], started)
-
-    if exclude:
-        started = time.perf_counter()
-        references = [embed(folder, "exclude") for folder in exclude]
-        ref_paths = [p for r in references for p in r.paths]
-        close, nearest = too_close(data.x[rows], np.concatenate([r.x for r in references]),
-                                   settings.exclude_threshold, settings.search)
-        if close.all():
-            raise ValueError(f"all {len(rows)} pool images are within --exclude-threshold "
-                             f"{settings.exclude_threshold} of an --exclude image: raise it, or check the folders")
-        report.excluded_examples = [[data.paths[rows[i]], ref_paths[nearest[i]]]
-                                    for i in np.flatnonzero(close)[:EXAMPLES]]
-        rows = _stage_done(report, "decontaminated", rows[~close], started)
-
-    if seed is not None:
-        started = time.perf_counter()
-        seeds = embed(seed, "seed")
-        mode = settings.retrieve
-        if mode == "auto":
-            mode = "image" if len(seeds.paths) >= PER_IMAGE_MIN_SEEDS else "cluster"
-        report.retrieval = mode
-        if mode == "image":
-            keep = retrieve_per_image(data.x[rows], seeds.x, settings.neighbors, settings.search)
-        else:
-            clusters = settings.retrieval_clusters or max(1, round(len(rows) ** 0.5))
-            keep = retrieve_clusters(data.x[rows], seeds.x, min(clusters, len(rows)), settings.per_cluster,
-                                     settings.search, settings.random_seed)
-        rows = _stage_done(report, "retrieved", rows[keep], started)
-
+    rows = _stage_done(report, "deduplicated", *_deduplicate(data, settings, report, files["duplicates"]))
+    if references:
+        rows = _stage_done(report, "decontaminated", *_decontaminate(data, rows, references, settings, report))
+    if seeds is not None:
+        rows = _stage_done(report, "retrieved", *_retrieve(data, rows, seeds, settings, report))
     if settings.balance:
-        started = time.perf_counter()
-        if settings.target > len(rows):
-            raise ValueError(f"--target {settings.target} is more than the {len(rows)} images left after "
-                             f"{list(report.sizes)[-1]}: lower --target")
-        levels = sorted({min(k, len(rows)) for k in settings.clusters}, reverse=True)  # no more clusters than images
-        labels = hierarchical_kmeans(data.x[rows], levels, settings.search, settings.random_seed)
-        rows = _stage_done(report, "balanced", rows[balanced_sample(labels, settings.target, settings.random_seed)],
-                           started)
-
+        rows = _stage_done(report, "balanced", *_balance(data, rows, settings, report))
     atomic_write_text("".join(data.paths[i] + "\n" for i in rows), out)
     atomic_write_text(json.dumps(asdict(report), indent=1), files["report"])
     return report
