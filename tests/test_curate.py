@@ -69,10 +69,11 @@ def test_a_group_larger_than_the_neighbour_count_is_found_whole() -> None:
     assert deduplicate(x, 0.99, neighbors=4).groups == [list(range(10, 30))]
 
 
-def test_planted_near_duplicates_are_found() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_planted_near_duplicates_are_found(backend: str) -> None:
     originals = np.arange(3, 200, 10)
     x = with_planted_copies(unit_rows(200, dim=64), originals, noise=0.02)
-    result = deduplicate(x, threshold=0.95)
+    result = deduplicate(x, threshold=0.95, backend=backend)
     assert result.groups == [[int(o), 200 + i] for i, o in enumerate(originals)]
     assert len(result.keep) == 200 and set(result.keep) == set(range(200))  # every copy dropped, originals kept
 
@@ -209,6 +210,9 @@ def test_cli_retrieves_and_balances_reusing_embeddings(pool: Path, checkpoint: P
     assert run_curate(pool, checkpoint, out, "--balance", "kmeans", "--clusters", "4,2", "--target", "5") == 0
     assert len(set(out.read_text().splitlines())) == 5
     assert json.loads((tmp_path / "curated.report.json").read_text())["sizes"]["balanced"] == 5
+    assert run_curate(pool, checkpoint, out, "--seed", str(tmp_path / "seed"), "--retrieval-clusters", "3") == 0
+    report = json.loads((tmp_path / "curated.report.json").read_text())
+    assert report["retrieval"] == "cluster" and str(pool / "img09.png") in out.read_text().splitlines()
 
 
 @pytest.mark.parametrize(("case", "message"), [

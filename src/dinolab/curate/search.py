@@ -4,6 +4,7 @@ exact in torch or through faiss when installed and the base is large.
 Memory stays bounded: queries and base are both cut into blocks, so no more than `block` x `block`
 similarities exist at once, whatever the sizes. The faiss path uses flat (exact) inner-product indexes,
 whose multi-threaded kernels only pay off on large bases: both backends return the same neighbours.
+The exact k-means (eval.clustering's) holds N x k distances at once; faiss's does not.
 """
 
 from __future__ import annotations
