@@ -247,8 +247,20 @@ def test_cli_bad_input_is_a_one_line_error(case: str, message: str, pool: Path, 
     assert err.startswith("dinolab: error:") and message in err and "Traceback" not in err
 
 
-def test_missing_faiss_still_searches_small_pools_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_faiss_still_searches_exactly_with_a_hint_for_large_pools(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(search_module, "faiss_available", lambda: False)
     x = unit_rows(60)
-    assert search_module.choose_backend("auto", len(x)) == "exact"
+    assert search_module.choose_backend("auto", len(x)) == "exact" and not caplog.records
     assert len(knn(x, x, 2)[1]) == 60
+    monkeypatch.setattr(search_module, "FAISS_MIN_BASE", 50)
+    assert search_module.choose_backend("auto", len(x)) == "exact"
+    assert "pip install 'dinolab[faiss]'" in caplog.text
+
+
+@pytest.mark.skipif(not search_module.faiss_available(), reason="faiss-cpu not installed")
+def test_auto_search_takes_faiss_from_the_size_threshold_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = unit_rows(60)
+    assert search_module.choose_backend("auto", len(x)) == "exact"
+    monkeypatch.setattr(search_module, "FAISS_MIN_BASE", 50)
+    assert search_module.choose_backend("auto", len(x)) == "faiss"
