@@ -57,7 +57,8 @@ RECIPES = {
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_ddp_on_two_processes_trains_like_one_process(fmnist_dir: Path, tmp_path: Path, recipe: str) -> None:
-    sections = {"optim": {"epochs": 1}, "model": {"drop_path_rate": 0.0}, **RECIPES[recipe]}
+    sections = {"optim": {"epochs": 1}, "model": {"drop_path_rate": 0.0}, **RECIPES[recipe],
+                "eval": {"knn_every": 2, "knn_monitor_train": 32, "knn_monitor_test": 32}}
     one = tiny_config(fmnist_dir, tmp_path / "one", **sections)
     two = tiny_config(fmnist_dir, tmp_path / "two", **sections)
     fit(one, quiet=True)
@@ -73,6 +74,9 @@ def test_ddp_on_two_processes_trains_like_one_process(fmnist_dir: Path, tmp_path
     assert [r["iteration"] for r in la] == [r["iteration"] for r in lb]
     for ra, rb in zip(la, lb, strict=True):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4, abs=1e-5)
+        # the k-NN check, its features extracted half by each rank, scores like one process's
+        assert (rb.get("knn_top1"), rb.get("knn_random_init")) == (ra.get("knn_top1"), ra.get("knn_random_init"))
+    assert sum("knn_top1" in r for r in lb) == 2
 
 
 def test_a_run_stopped_mid_epoch_resumes_from_that_batch_bit_for_bit(make_config) -> None:
@@ -187,8 +191,10 @@ def test_fsdp_trains_like_one_process_and_its_checkpoints_resume_either_way(fmni
     fit(tiny_config(fmnist_dir, tmp_path / "straight", **sections), quiet=True)
     expected = read_checkpoint(tmp_path / "straight")
 
-    done = torchrun(tiny_config(fmnist_dir, tmp_path / "fsdp", **sections, train={"parallel": "fsdp"}), 2)
+    knn = {"knn_every": 4, "knn_monitor_train": 32, "knn_monitor_test": 32}  # rank 0 scores the gathered teacher
+    done = torchrun(tiny_config(fmnist_dir, tmp_path / "fsdp", **sections, train={"parallel": "fsdp"}, eval=knn), 2)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["iteration"] for r in read_metrics(tmp_path / "fsdp") if "knn_top1" in r] == [4, 8]
     sharded = read_checkpoint(tmp_path / "fsdp")
     for entry in ("student", "teacher"):
         assert_close_states(expected[entry], sharded[entry])

@@ -22,9 +22,11 @@ from torch.utils.data import Subset
 from dinolab.config import Config
 from dinolab.data.loader import build_eval_dataset
 from dinolab.device import Runtime
-from dinolab.distributed import ONE_PROCESS, World, all_reduce_mean
+from dinolab.distributed import ONE_PROCESS, World, all_gather_object, all_reduce_int, all_reduce_mean
 from dinolab.eval.baselines import random_init_like
-from dinolab.eval.knn import knn
+from dinolab.eval.features import extract_tokens
+from dinolab.eval.knn import knn_scores
+from dinolab.eval.tokens import TokenFeatures
 from dinolab.io import METRICS, read_metrics
 from dinolab.train.schedules import StepSchedule
 
@@ -64,28 +66,48 @@ class MetricsLog:
 class KNNMonitor:
     """Weighted k-NN top-1 (k=20) of the teacher on a fixed slice of the labeled data, during training:
     the learning curve the DINO paper plots. Deterministic; it runs at the same iterations whether or not the
-    run was resumed (its data loader draws a base seed from the global RNG), so resumed runs stay identical."""
+    run was resumed (its data loader draws a base seed from the global RNG), so resumed runs stay identical.
 
-    def __init__(self, cfg: Config, runtime: Runtime):
+    In a multi-process run where every rank holds the model (DDP), each rank extracts the features of every
+    world-size-th image and the features are gathered: the check costs 1/world of its one-process time.
+    Where only rank 0 holds it (FSDP gathers the teacher there), rank 0 extracts them all."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, world: World = ONE_PROCESS):
         train = build_eval_dataset(cfg.data, cfg.model.in_chans, "train", cfg.data.path)
         test = build_eval_dataset(cfg.data, cfg.model.in_chans, "test", cfg.eval.test_path, classes=train.classes)
         self.train = Subset(train, range(min(cfg.eval.knn_monitor_train, len(train))))
         self.test = Subset(test, range(min(cfg.eval.knn_monitor_test, len(test))))
-        self.cfg, self.runtime = cfg, runtime
+        self.cfg, self.runtime, self.world = cfg, runtime, world
         self._random_init: float | None = None
+        self._random_init_measured = False
 
-    def __call__(self, model: nn.Module) -> float:
+    def __call__(self, model: nn.Module | None) -> float | None:
+        """k-NN top-1 (%); every rank calls it, with the model or None; None where this rank computed nothing."""
+        shared = self.world.distributed and all_reduce_int(int(model is not None), "min") == 1
+        if model is None:
+            return None
+        train, test = (self._features(model, dataset, shared) for dataset in (self.train, self.test))
+        return knn_scores(train, test, (20,), self.cfg.eval.knn_temperature)[20]["top1"]
+
+    def _features(self, model: nn.Module, dataset: Subset, shared: bool) -> TokenFeatures:
         d, e = self.cfg.data, self.cfg.eval
-        scores = knn(model, self.train, self.test, 20, e.knn_temperature, d.mean, d.std, e.batch_size, self.runtime,
-                     quiet=True)
-        return scores[20]["top1"]
+        if shared:  # this rank's share; k-NN does not depend on the order of the training set
+            dataset = Subset(dataset, range(self.world.rank, len(dataset), self.world.size))
+        mine = extract_tokens(model, dataset, d.mean, d.std, n_blocks=1, batch_size=e.batch_size,
+                              runtime=self.runtime, quiet=True)
+        if not shared:
+            return mine
+        parts = all_gather_object((mine.cls.cpu(), mine.avgpool.cpu(), mine.labels.cpu()))
+        return TokenFeatures(*(torch.cat(field) for field in zip(*parts, strict=True)))
 
-    def random_init(self, model: nn.Module) -> float:
+    def random_init(self, model: nn.Module | None) -> float | None:
         """The same check on `model`'s architecture at random init (seed train.seed): the floor a learning run
         must stay above. Computed once; the global RNG is left as it was, so the run's own draws do not change."""
-        if self._random_init is None:
+        if not self._random_init_measured:  # once on every rank, even those that get None (FSDP ranks > 0)
             with torch.random.fork_rng(devices=[]):
-                self._random_init = self(random_init_like(model, seed=self.cfg.train.seed).to(self.runtime.device))
+                baseline = None if model is None else random_init_like(model, seed=self.cfg.train.seed)
+                self._random_init = self(None if baseline is None else baseline.to(self.runtime.device))
+            self._random_init_measured = True
         return self._random_init
 
 
@@ -102,7 +124,7 @@ class TrainingMonitor:
     ):
         self.cfg, self.iters_per_epoch, self.world = cfg, iters_per_epoch, world
         self.metrics = MetricsLog(run_dir, start_iteration=start_iteration) if world.is_main else None
-        self.knn = KNNMonitor(cfg, runtime) if cfg.eval.knn_every and world.is_main else None
+        self.knn = KNNMonitor(cfg, runtime, world) if cfg.eval.knn_every else None
         self.last: dict[str, float] = {}
         # the warnings below look only at steps after the lr warm-up: before it nothing has been learned yet
         self.warmup_iterations = max(round(cfg.optim.warmup_epochs * iters_per_epoch), 1)
@@ -140,12 +162,12 @@ class TrainingMonitor:
         }
         self.last = record
         self._window_start, self._window_images = time.perf_counter(), 0
-        model = evaluated() if check_knn else None
-        if not self.world.is_main:
-            return record
-        if self.knn is not None and model is not None:
+        if self.knn is not None and check_knn:  # every rank takes part (features are extracted in shares)
+            model = evaluated()
             record["knn_top1"] = self.knn(model)
             record["knn_random_init"] = self.knn.random_init(model)
+        if not self.world.is_main:
+            return record
         self.metrics.write(record)
         if iteration > self.iters_per_epoch:  # targets are still forming during the first epoch
             warn_on_collapse(record, self.cfg)
