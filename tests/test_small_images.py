@@ -54,7 +54,7 @@ def test_unreadable_and_empty_folders(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [(28, (4, 28, 12)), (32, (4, 32, 12)), (16, (2, 16, 6)), (64, (9, 63, 27)), (300, (16, 224, 96))],
+    [(28, (7, 28, 14)), (32, (8, 32, 16)), (30, (7, 28, 14)), (64, (16, 64, 32)), (300, (16, 224, 96))],
 )
 def test_patch_and_crop_sizes_follow_the_image_size(size: int, expected: tuple[int, int, int]) -> None:
     patch, global_size, local_size = crop_sizes(size)
@@ -67,12 +67,12 @@ def test_small_images_preset_resolves_from_the_folder_and_says_what_it_chose(
 ) -> None:
     folder = gray_folder(tmp_path / "imgs", size=32)
     cfg = resolve_from_images(config_lib.load("small_images", [f"data.path={folder}"]))
-    assert (cfg.model.in_chans, cfg.model.patch_size, cfg.model.img_size) == (1, 4, 32)
-    assert (cfg.data.global_crops_size, cfg.data.local_crops_size) == (32, 12)
+    assert (cfg.model.in_chans, cfg.model.patch_size, cfg.model.img_size) == (1, 8, 32)
+    assert (cfg.data.global_crops_size, cfg.data.local_crops_size) == (32, 16)
     assert cfg.data.mean == pytest.approx((0.5,), abs=1e-4) and cfg.data.std == pytest.approx((0.5,), abs=1e-4)
     assert not cfg.data.auto  # the saved config holds the values used
     printed = capsys.readouterr().out
-    assert "grayscale" in printed and "model.patch_size=4" in printed and "data.mean=[0.5]" in printed
+    assert "grayscale" in printed and "model.patch_size=8" in printed and "data.mean=[0.5]" in printed
     plain = config_lib.load("dino_vit_tiny_fmnist")
     assert resolve_from_images(plain) is plain  # without data.auto nothing is measured
 
@@ -97,4 +97,4 @@ def test_train_command_measures_before_training(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(Handed) as handed:
         cli.main(["train", "small_images", f"data.path={folder}", "--quiet"])
     cfg = handed.value.args[0]
-    assert cfg.data.mean == pytest.approx((0.5,), abs=1e-4) and cfg.model.patch_size == 4 and not cfg.data.auto
+    assert cfg.data.mean == pytest.approx((0.5,), abs=1e-4) and cfg.model.patch_size == 7 and not cfg.data.auto
