@@ -6,7 +6,7 @@ RECIPE ?= dino_vit_tiny_fmnist
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo demo-long test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ $(CHROMIUM):
 
 demo: install $(FMNIST)
 	$(BIN)/dinolab demo $(RECIPE)
+
+# The demo recipe for 20 epochs (~100 min on 2 cores): docs/small_data.md
+demo-long: install $(FMNIST)
+	$(BIN)/dinolab demo dino_vit_tiny_fmnist_long
 
 test: install $(CHROMIUM)
 	$(BIN)/python -m pytest -q

@@ -138,7 +138,7 @@ def test_unknown_key_in_yaml_file_names_the_dotted_key(tmp_path) -> None:
         (["optim.lr=fast"], "optim.lr"),
         (["model.in_chans=2"], "model.in_chans"),
         (["data.global_crops_size=30"], "data.global_crops_size"),  # patch size 7 in this recipe
-        (["data.local_crops_size=15"], "data.local_crops_size"),
+        (["data.local_crops_number=4", "data.local_crops_size=15"], "data.local_crops_size"),  # the demo has none
         (["data.global_crops_scale=[0.5]"], "data.global_crops_scale"),
         (["data.global_crops_scale=[0.9, 0.5]"], "data.global_crops_scale"),
         (["data.global_crops_scale=0.5"], "data.global_crops_scale"),
