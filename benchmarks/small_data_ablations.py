@@ -18,6 +18,7 @@ Usage:
   .venv/bin/python benchmarks/small_data_ablations.py --table                       # markdown from --out
   .venv/bin/python benchmarks/small_data_ablations.py --plot-entropy docs/images/small_data_entropy.png
   .venv/bin/python benchmarks/small_data_ablations.py --plot-run runs/dino_vit_tiny_fmnist docs/images/x.png
+  .venv/bin/python benchmarks/small_data_ablations.py --probe runs/small_data/fmnist/baseline
   .venv/bin/python benchmarks/small_data_ablations.py --recipe dino_vit_tiny_fmnist --images 0 --data disjoint \\
       --tag disjoint_demo recipe
 """
@@ -115,7 +116,12 @@ def main() -> None:
     parser.add_argument("--plot-entropy", type=Path, help="PNG: teacher entropy / log K and KL of every row")
     parser.add_argument("--plot-run", nargs=2, type=Path, metavar=("RUN_DIR", "PNG"),
                         help="PNG: a run's k-NN monitor against random init and pixels, and its entropy / KL")
+    parser.add_argument("--probe", type=Path, metavar="RUN_DIR",
+                        help="how alike the teacher's outputs are across 512 test images, at init and trained")
     args = parser.parse_args()
+    if args.probe:
+        probe(args.probe)
+        return
     if args.plot_entropy:
         plot_entropy(read_rows(args.out), args.plot_entropy)
         return
@@ -309,6 +315,33 @@ def replay_uniform_warning(row: dict[str, Any]) -> bool:
     log_k = math.log(cfg.head.out_dim)
     return any(watch.update({"iteration": it, "teacher_entropy": h * log_k, "kl": kl})
                for it, h, kl in row["curve"] if it > warmup)
+
+
+@torch.no_grad()
+def probe(run_dir: Path, n: int = 512) -> None:
+    """Why targets are near uniform: the mean cosine between different images' [CLS] and bottleneck outputs,
+    and the spread of each prototype's logit over images (in units of the teacher temperature it is divided by)."""
+    import torch.nn.functional as F
+
+    from dinolab.data.transforms import normalize_uint8
+    from dinolab.io import read_training_checkpoint
+    from dinolab.models.build import build_student_teacher
+
+    cfg = config_lib.load(run_dir / "config.yaml")
+    _, teacher = build_student_teacher(cfg)
+    x = normalize_uint8(FashionMNIST(split="test").images[:n], cfg.data.mean, cfg.data.std)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    for name in ("random init", "trained"):
+        if name == "trained":
+            teacher.load_state_dict(read_training_checkpoint(run_dir / "checkpoint.pth").state["teacher"])
+        teacher.eval()
+        cls = teacher.backbone.forward_features(x)["x_norm_clstoken"]
+        z = F.normalize(teacher.head.mlp(cls), dim=-1)
+        c = F.normalize(cls, dim=-1)
+        spread = teacher.head(cls).std(0).mean().item()
+        print(f"{name}: mean cosine between images: [CLS] {(c @ c.T)[off_diagonal].mean():.3f}, bottleneck "
+              f"{(z @ z.T)[off_diagonal].mean():.3f}; logit spread over images {spread:.4f} "
+              f"= {spread / cfg.loss.teacher_temp:.2f} at teacher temperature {cfg.loss.teacher_temp}")
 
 
 def plot_entropy(rows: list[dict[str, Any]], png: Path) -> None:
