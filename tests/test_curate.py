@@ -134,9 +134,10 @@ def test_balanced_sample_follows_the_cluster_quotas() -> None:
     assert balanced_quotas([40, 5, 30], 30).tolist() == [13, 5, 12]
 
 
-def test_hierarchical_kmeans_nests_levels() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hierarchical_kmeans_nests_levels(backend: str) -> None:
     x = unit_rows(300)
-    leaf, top = hierarchical_kmeans(x, [20, 4])
+    leaf, top = hierarchical_kmeans(x, [20, 4], backend)
     assert len(np.unique(leaf)) <= 20 and len(np.unique(top)) <= 4
     for c in np.unique(leaf):  # every leaf cluster lies inside one top cluster
         assert len(np.unique(top[leaf == c])) == 1
@@ -223,6 +224,7 @@ def test_cli_retrieves_and_balances_reusing_embeddings(pool: Path, checkpoint: P
     ("faiss missing", "pip install 'dinolab[faiss]'"),
     ("target without balance", "--balance kmeans and --target N go together"),
     ("everything excluded", "within --exclude-threshold"),
+    ("levels that grow", "--clusters go from the finest level to the coarsest"),
 ])
 def test_cli_bad_input_is_a_one_line_error(case: str, message: str, pool: Path, checkpoint: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
@@ -233,6 +235,7 @@ def test_cli_bad_input_is_a_one_line_error(case: str, message: str, pool: Path, 
         "faiss missing": ["--search", "faiss"],
         "target without balance": ["--target", "3"],
         "everything excluded": ["--exclude", str(pool)],
+        "levels that grow": ["--balance", "kmeans", "--clusters", "4,20", "--target", "3"],
     }.get(case, [])
     if case == "not a backbone":
         from safetensors.numpy import save_file
