@@ -14,7 +14,7 @@ Measured for each feature set (raw pixels, a random-init ViT, optionally --check
 - decontamination, swept over thresholds: precision and recall of the leaked images removed;
 - retrieval purity: fraction of retrieved pool images whose class is one of the seed's 3 classes (chance:
   that fraction in the whole pool), per-image (4 neighbours per seed image) and cluster retrieval
-  (sqrt(N) and N/10 clusters);
+  (sqrt(N), N/10 and 4 x seed-set-size clusters);
 - one end-to-end `curate()` run with the random-init checkpoint: stage sizes and seconds.
 Prints JSON. Run by hand:
 
@@ -137,7 +137,7 @@ def retrieval_scores(x: np.ndarray, labels: np.ndarray, seed: np.ndarray, seed_c
     relevant = np.isin(labels, seed_classes)
     out = {"chance": float(relevant.mean())}
     ways = {"per_image_4": lambda: retrieve_per_image(x, seed, 4, "exact")}
-    for k in (round(len(x) ** 0.5), len(x) // 10):  # the CLI's default number of clusters, and more
+    for k in (round(len(x) ** 0.5), len(x) // 10, min(len(x), 4 * len(seed))):  # the CLI's default, and more
         ways[f"cluster_k{k}"] = lambda k=k: retrieve_clusters(x, seed, k, None, "exact")
     for name, pick in ways.items():
         started = time.perf_counter()

@@ -151,6 +151,8 @@ def _stage_done(report: CurateReport, name: str, rows: np.ndarray, started: floa
 def _deduplicate(data: Embedded, settings: CurateSettings, report: CurateReport,
                  groups_file: Path) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
+    log.info("deduplicating %d images: cosine >= %g among each one's %d nearest", len(data.paths),
+             settings.dedup_threshold, settings.dedup_neighbors)
     dedup = deduplicate(data.x, settings.dedup_threshold, settings.dedup_neighbors, settings.search)
     report.duplicate_groups = len(dedup.groups)
     report.duplicate_examples = [[data.paths[i] for i in g] for g in dedup.groups[:EXAMPLES]]
@@ -178,6 +180,7 @@ def _retrieve(data: Embedded, rows: np.ndarray, seeds: Embedded, settings: Curat
     if mode == "auto":
         mode = "image" if len(seeds.paths) >= PER_IMAGE_MIN_SEEDS else "cluster"
     report.retrieval = mode
+    log.info("retrieving from %d pool images with %d seed images (%s retrieval)", len(rows), len(seeds.paths), mode)
     if mode == "image":
         return rows[retrieve_per_image(data.x[rows], seeds.x, settings.neighbors, settings.search)], started
     clusters = min(settings.retrieval_clusters or max(1, round(len(rows) ** 0.5)), len(rows))
@@ -193,6 +196,8 @@ def _balance(data: Embedded, rows: np.ndarray, settings: CurateSettings,
         raise ValueError(f"--target {settings.target} is more than the {len(rows)} images left after "
                          f"{list(report.sizes)[-1]}: lower --target")
     levels = sorted({min(k, len(rows)) for k in settings.clusters}, reverse=True)  # no more clusters than images
+    log.info("balancing %d images to %d: hierarchical k-means with %s clusters", len(rows), settings.target,
+             ",".join(map(str, levels)))
     labels = hierarchical_kmeans(data.x[rows], levels, settings.search, settings.random_seed)
     return rows[balanced_sample(labels, settings.target, settings.random_seed)], started
 
