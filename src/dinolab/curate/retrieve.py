@@ -1,4 +1,4 @@
-"""Retrieval from an uncurated pool with a curated seed set (DINOv2, LVD-142M section 3).
+"""Retrieval from an uncurated pool with a curated seed set (how DINOv2 built LVD-142M).
 
 Per-image: each seed image brings its `n` nearest pool images; the result is their union. DINOv2 used it
 for large seed sets (N = 4). Cluster: the pool is cut into k-means clusters, each seed image picks the
