@@ -35,9 +35,10 @@ def method_name(cfg: Config) -> str:
     """The paper a config's recipe follows, for tables."""
     if cfg.distill.teacher_checkpoint:
         return "DINOv2 distillation"
-    if cfg.loss.koleo_weight > 0 or cfg.loss.centering == "sinkhorn":
+    if cfg.loss.centering == "sinkhorn" or (cfg.loss.koleo_weight > 0 and cfg.loss.ibot_weight > 0):
         return "DINOv2"
-    return "iBOT" if cfg.loss.ibot_weight > 0 else "DINO"
+    name = "iBOT" if cfg.loss.ibot_weight > 0 else "DINO"
+    return f"{name} + KoLeo" if cfg.loss.koleo_weight > 0 else name  # the small-data demo recipe
 
 
 def mask_iou_section(backbone: VisionTransformer, cfg: Config, test_ds: FashionMNIST, n: int = 1000) -> str:
