@@ -56,10 +56,11 @@ def dino_crop_specs(
 
 @dataclass(frozen=True)
 class Rows:
-    """Which rows of a batch of `total` images this process holds (a multi-process run's slice)."""
+    """Which rows of a batch of `total` images are at hand: a process's slice of a multi-process run's
+    global batch, or (a tensor of positions) the images of it that could be read."""
 
     total: int
-    index: slice
+    index: slice | Tensor
 
     @staticmethod
     def all(total: int) -> Rows:
