@@ -26,7 +26,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import math
@@ -42,7 +41,6 @@ from dinolab import config as config_lib
 from dinolab.data.datasets import FMNIST_DIR, FashionMNIST, read_idx
 from dinolab.data.loader import build_eval_dataset
 from dinolab.data.stats import measure_images
-from dinolab.data.transforms import augmentation_from_config
 from dinolab.device import resolve
 from dinolab.eval.baselines import PixelBaseline, random_init_like
 from dinolab.eval.knn import knn
@@ -235,7 +233,6 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         model = PixelBaseline(cfg.model.patch_size) if name == "pixels" else random_init_like(build_backbone(cfg), 0)
         scores = knn(model, train_ds, test_ds, KS, cfg.eval.knn_temperature, d.mean, d.std, 256, runtime, True)
         return row | {"knn_top1": {str(k): scores[k]["top1"] for k in KS}}
-    importlib.import_module("dinolab.train.fit").build_augmentation = augmentation_from_config  # data.hflip etc.
     warnings = Warnings()
     logging.getLogger("dinolab").addHandler(warnings)
     start = time.perf_counter()

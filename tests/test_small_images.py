@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -85,14 +86,14 @@ def test_auto_needs_a_folder(tmp_path: Path) -> None:
 
 
 def test_train_command_measures_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`dinolab train small_images data.path=...` hands fit the measured config."""
-    class Handed(Exception):  # stops the command once fit has its config
+    """`dinolab train small_images data.path=...` trains on the measured config (fit measures it first)."""
+    class Handed(Exception):  # stops the command once fit has measured its config
         pass
 
-    def fake_fit(cfg, **_):
+    def fake_prepare_run(cfg, _world):
         raise Handed(cfg)
 
-    monkeypatch.setattr("dinolab.train.fit", fake_fit)
+    monkeypatch.setattr(importlib.import_module("dinolab.train.fit"), "prepare_run", fake_prepare_run)
     folder = gray_folder(tmp_path / "imgs")
     with pytest.raises(Handed) as handed:
         cli.main(["train", "small_images", f"data.path={folder}", "--quiet"])

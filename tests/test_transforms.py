@@ -286,3 +286,19 @@ def test_normalize() -> None:
     mean = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
     std = torch.tensor([0.5, 0.25, 2.0]).view(1, 3, 1, 1)
     torch.testing.assert_close(T.normalize(x, mean, std) * std + mean, x)
+
+
+def test_the_loader_applies_the_flip_and_solarization_switches() -> None:
+    """data.hflip / data.solarize reach the augmentation `dinolab train` builds (off: no mirror, no solarize)."""
+    from dinolab.config import DataConfig
+    from dinolab.data.loader import build_augmentation
+
+    off = build_augmentation(DataConfig(hflip=False, solarize=False))
+    assert not off.hflip and all(spec.solarize_prob == 0 for spec in off.specs)
+    default = build_augmentation(DataConfig())
+    assert default.hflip and default.specs[1].solarize_prob == 0.2
+    ramp = torch.arange(32, dtype=torch.uint8).repeat(4, 1, 32, 1) * 8  # brightness rises left to right
+    aug = MultiCropAugmentation([T.CropSpec(32, (1.0, 1.0), blur_prob=0.0)], (0.0,), (1.0,), color_jitter=False,
+                                blur_sigma=(0.1, 0.1), hflip=False)
+    (crop,) = aug(ramp, gen())
+    assert (crop[..., 1:] >= crop[..., :-1] - 1e-4).all()  # never mirrored

@@ -45,7 +45,6 @@ RUNTIME = (_arg("--device", default="auto"), _arg("--precision", default="auto")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from dinolab.data.stats import resolve_from_images
     from dinolab.train import fit
 
     if args.nproc > 1:
@@ -55,7 +54,7 @@ def _train(args: argparse.Namespace) -> None:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"train.output_dir={args.output_dir}")
-    cfg = resolve_from_images(config_lib.load(args.config, overrides))
+    cfg = config_lib.load(args.config, overrides)  # fit measures the folder itself for small_images (data.auto)
     resume: str | bool = args.resume if args.resume else not args.no_resume
     result = fit(cfg, resume=resume, quiet=args.quiet)
     if result.preempted:

@@ -45,11 +45,12 @@ def build_eval_dataset(
 
 
 def build_augmentation(cfg: DataConfig) -> MultiCropAugmentation:
+    """The multi-crop augmentation with every key of `cfg` applied (crops, flip, color jitter, blur, solarization)."""
     specs = dino_crop_specs(
         cfg.global_crops_size, cfg.global_crops_scale, cfg.local_crops_number, cfg.local_crops_size,
-        cfg.local_crops_scale,
+        cfg.local_crops_scale, solarize_prob=0.2 if cfg.solarize else 0.0,
     )
-    return MultiCropAugmentation(specs, cfg.mean, cfg.std, color_jitter=cfg.color_jitter, blur_sigma=cfg.blur_sigma)
+    return MultiCropAugmentation(specs, cfg.mean, cfg.std, cfg.color_jitter, cfg.blur_sigma, hflip=cfg.hflip)
 
 
 def build_masking(cfg: MaskConfig, global_crops_size: int, patch_size: int) -> BlockMasking | None:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from dinolab.config import NUM_GLOBAL_CROPS, DataConfig
+from dinolab.config import NUM_GLOBAL_CROPS
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -122,16 +122,6 @@ class MultiCropAugmentation:
             solarize = (draw.rand() < spec.solarize_prob).view(-1, 1, 1, 1)
             out = torch.where(solarize & (out >= 128 / 255), 1.0 - out, out)
         return normalize(out, self.mean, self.std)
-
-
-def augmentation_from_config(cfg: DataConfig) -> MultiCropAugmentation:
-    """The multi-crop augmentation with every key of `cfg` applied (crops, flip, color jitter, blur,
-    solarization): what the training loader should build."""
-    specs = dino_crop_specs(
-        cfg.global_crops_size, cfg.global_crops_scale, cfg.local_crops_number, cfg.local_crops_size,
-        cfg.local_crops_scale, solarize_prob=0.2 if cfg.solarize else 0.0,
-    )
-    return MultiCropAugmentation(specs, cfg.mean, cfg.std, cfg.color_jitter, cfg.blur_sigma, hflip=cfg.hflip)
 
 
 def normalize(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:

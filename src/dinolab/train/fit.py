@@ -24,6 +24,7 @@ from dinolab.data.loader import (
     build_masking,
     multicrop_loader,
 )
+from dinolab.data.stats import resolve_from_images
 from dinolab.device import Runtime, resolve
 from dinolab.distributed import (
     World,
@@ -67,6 +68,7 @@ def fit(
     phase: position embeddings are resized once and training continues with the new config's schedules.
     """
     world = world_from_environment()
+    cfg = resolve_from_images(cfg, quiet=quiet or not world.is_main)  # data.auto (small_images): measure the folder
     run_dir, runtime = prepare_run(cfg, world), resolve_runtime(cfg, world)
     init_process_group(world, runtime.device.type, cfg.train.collective_timeout_minutes)
     dataset = build_dataset(cfg.data, cfg.model.in_chans)
