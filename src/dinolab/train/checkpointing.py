@@ -69,8 +69,7 @@ class Checkpointing:
             decision = max(decision, _SAVE)
         if self.every_seconds and time.monotonic() - self.last_save >= self.every_seconds:
             decision = max(decision, _SAVE)
-        if self.world.distributed:
-            decision = all_reduce_int(decision, "max")
+        decision = all_reduce_int(decision, "max")  # a no-op for one process
         return decision >= _SAVE, decision == _STOP
 
     def save(self, trainer: Trainer, epochs_done: int, batches_done: int, iteration: int) -> None:

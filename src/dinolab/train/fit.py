@@ -93,7 +93,7 @@ def fit(
                                disable=quiet)
                 for i, (crops, _, batch_skipped, masks) in enumerate(bar, start=first):
                     skipped += batch_skipped
-                    if not all_ranks_have(crops, world):  # a batch nobody (or somebody) could read: skip it
+                    if not all_ranks_have(crops):  # a batch nobody (or somebody) could read: skip it
                         continue
                     schedule = schedules.at(epoch * iters_per_epoch + i)
                     iteration = epoch * iters_per_epoch + i + 1
@@ -110,7 +110,7 @@ def fit(
                     if stopped:
                         break
                 bar.close()
-                skipped = report_skipped(skipped, world)
+                report_skipped(skipped)
                 if stopped and iteration % iters_per_epoch:  # stopped mid-epoch (saved above if preempted)
                     break
                 if (epoch + 1) % cfg.train.save_every_epochs == 0 or epoch + 1 == epochs or preempted:
@@ -217,17 +217,16 @@ def log_start(cfg: Config, trainer: Trainer, dataset: Dataset, iters_per_epoch: 
              len(dataset), iters_per_epoch, runtime.device, runtime.precision, processes)
 
 
-def all_ranks_have(crops: list[Tensor], world: World) -> bool:
+def all_ranks_have(crops: list[Tensor]) -> bool:
     """Whether every rank has a batch this step (if one does not, all skip it together: no rank waits)."""
-    return all_reduce_int(int(bool(crops)), "min") == 1 if world.distributed else bool(crops)
+    return all_reduce_int(int(bool(crops)), "min") == 1  # one process: no collective, its own answer
 
 
-def report_skipped(skipped: int, world: World) -> int:
+def report_skipped(skipped: int) -> None:
     """Unreadable images so far, counted over all ranks (each rank passes its own count)."""
-    total = all_reduce_int(skipped) if world.distributed else skipped
+    total = all_reduce_int(skipped)
     if total:
         log.warning("skipped %d unreadable images so far (see --verbose for names)", total)
-    return skipped
 
 
 def checked_step(
