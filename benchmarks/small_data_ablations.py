@@ -71,6 +71,7 @@ ABLATIONS: dict[str, list[str]] = {
     "crops_paper": ["data.global_crops_scale=[0.4,1.0]", "data.local_crops_scale=[0.05,0.4]"],
     "crops_milder": ["data.global_crops_scale=[0.8,1.0]", "data.local_crops_scale=[0.4,0.7]"],
     "local0": ["data.local_crops_number=0"],
+    "local4": ["data.local_crops_number=4"],
     "local8": ["data.local_crops_number=8"],
     "no_hflip": ["data.hflip=false"],
     "no_color": ["data.color_jitter=false", "data.solarize=false"],  # brightness/contrast, solarization
@@ -85,6 +86,7 @@ ABLATIONS: dict[str, list[str]] = {
     "sinkhorn": ["loss.centering=sinkhorn"],
     "koleo": ["loss.koleo_weight=0.1"],
     "koleo_03": ["loss.koleo_weight=0.3"],
+    "koleo0": ["loss.koleo_weight=0"],
     "lr_x4": ["optim.lr=0.008"],
     "lr_div4": ["optim.lr=0.0005"],
     "lr_zero": ["optim.lr=1e-9", "optim.min_lr=1e-10"],  # the not-learning control

@@ -3,6 +3,7 @@ config: run outputs, exact resume, worker-independent determinism, non-finite lo
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -22,7 +23,7 @@ from dinolab.models.build import build_student_teacher
 from dinolab.train import NonFiniteLossError, fit
 from dinolab.train.ema import EMATeacher
 from dinolab.train.monitor import collapse_warning
-from dinolab.train.optim import clip_gradients_per_parameter, param_groups
+from dinolab.train.optim import clip_gradients, clip_groups, param_groups
 from dinolab.train.schedules import cosine_schedule, teacher_temp_schedule
 
 METRIC_KEYS = {"loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "kl", "img_per_s"}
@@ -107,13 +108,35 @@ def test_clip_gradients_per_parameter() -> None:
     grads = [torch.full((4,), 5.0), torch.randn(3, 3) * 10, torch.tensor([0.3, 0.4]), None]
     for p, g in zip(params, grads, strict=True):
         p.grad = None if g is None else g.clone()
-    clip_gradients_per_parameter(params, max_norm=1.0)
+    clip_gradients([[p] for p in params], max_norm=1.0)
     for p, g in zip(params[:2], grads[:2], strict=True):
         assert p.grad.norm().item() == pytest.approx(1.0, abs=1e-5)  # clipped to the max, per parameter
         torch.testing.assert_close(p.grad / p.grad.norm(), g / g.norm())  # direction kept
     assert torch.equal(params[2].grad, grads[2])  # norm 0.5 < 1: untouched
     assert params[3].grad is None
-    clip_gradients_per_parameter([nn.Parameter(torch.zeros(1))], 1.0)  # no gradients at all: a no-op
+    clip_gradients([[nn.Parameter(torch.zeros(1))]], 1.0)  # no gradients at all: a no-op
+
+
+@pytest.mark.parametrize("mode", ["module", "global"])
+def test_clip_gradients_by_module_or_globally_matches_torch(mode: str) -> None:
+    """DINOv2 clips the backbone and each head by its own global norm; `global` is one norm over everything.
+    Both equal torch.nn.utils.clip_grad_norm_ applied to the same sets."""
+    model = MultiCropWrapper(small_vit(), DINOHead(32, 16, 8, 8, norm_last_layer=True))
+    model([torch.randn(2, 1, 28, 28)]).cls_logits.square().sum().backward()
+    reference = copy.deepcopy(model)
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        q.grad = None if p.grad is None else p.grad.clone()
+    groups = clip_groups(model, mode)
+    assert len(groups) == (2 if mode == "module" else 1)
+    clip_gradients(groups, max_norm=0.05)
+    parts = [reference.backbone, reference.head] if mode == "module" else [reference]
+    for part in parts:
+        torch.nn.utils.clip_grad_norm_([p for p in part.parameters() if p.grad is not None], 0.05)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, msg=name)
+    with pytest.raises(ValueError, match="use one of parameter, module, global"):
+        clip_groups(model, "layer")
 
 
 def test_param_groups_put_biases_and_vectors_in_no_decay() -> None:

@@ -114,7 +114,8 @@ class OptimConfig:
     warmup_epochs: float = 10  # fractions allowed, for short runs
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
-    clip_grad: float = 3.0  # per-parameter gradient norm clip; 0 disables
+    clip_grad: float = 3.0  # gradient norm clip; 0 disables
+    clip_mode: str = "parameter"  # what one norm covers: parameter (DINO, iBOT) | module (DINOv2) | global
     freeze_last_layer_epochs: float = 1  # the prototypes stay fixed this long (fractions allowed)
     momentum_teacher: float = 0.996
     momentum_teacher_end: float = 1.0
@@ -369,6 +370,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
 ARCHS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant")
+CLIP_MODES = ("parameter", "module", "global")  # what one gradient-norm clip covers (optim.clip_mode)
 
 
 def validate(cfg: Config) -> None:
@@ -484,6 +486,8 @@ def _recipe_checks(cfg: Config) -> list[tuple[bool, str, str]]:
          f"as {masked_patches:.0f} masked patches per step: raise optim.batch_size or mask.ratio, lower "
          "head.patch_out_dim, or use loss.centering=ema"),
         (o.lr_scaling in ("linear", "sqrt"), "optim.lr_scaling", "must be linear or sqrt"),
+        (o.clip_mode in CLIP_MODES, "optim.clip_mode",
+         "must be parameter (each parameter's norm, DINO), module (backbone and each head, DINOv2) or global"),
         (0 < o.layer_decay <= 1, "optim.layer_decay", "must be in (0, 1]"),
         (o.patch_embed_lr_mult > 0, "optim.patch_embed_lr_mult", "must be positive"),
     ]

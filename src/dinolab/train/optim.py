@@ -1,5 +1,5 @@
 """The optimizer side of training: AdamW parameter groups (no decay on vectors, layer-wise lr decay), the
-learning-rate scaling rule, and DINO's per-parameter gradient clipping."""
+learning-rate scaling rule, and gradient clipping (DINO's per parameter, DINOv2's per module, or global)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dinolab.config import OptimConfig
+from dinolab.config import CLIP_MODES, OptimConfig
 from dinolab.device import Runtime
 from dinolab.models.heads import MultiCropWrapper
 from dinolab.train.parallel import full_tensor, sharded_times_plain
@@ -65,14 +65,34 @@ def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
     return lr * batch_size / 256 if rule == "linear" else lr * math.sqrt(batch_size / 1024)
 
 
+def clip_groups(model: MultiCropWrapper, mode: str) -> list[list[nn.Parameter]]:
+    """The sets of trainable parameters whose gradients are clipped together: each parameter alone (DINO,
+    iBOT), each top-level part of the student, i.e. the backbone and each head (DINOv2), or all at once
+    (`torch.nn.utils.clip_grad_norm_`)."""
+    if mode not in CLIP_MODES:
+        raise ValueError(f"unknown gradient clip mode {mode!r}: use one of {', '.join(CLIP_MODES)}")
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if mode == "parameter":
+        return [[p] for _, p in trainable]
+    if mode == "global":
+        return [[p for _, p in trainable]]
+    parts: dict[str, list[nn.Parameter]] = {}
+    for name, p in trainable:
+        parts.setdefault(name.split(".")[0], []).append(p)
+    return list(parts.values())
+
+
 @torch.no_grad()
-def clip_gradients_per_parameter(params: list[nn.Parameter], max_norm: float) -> None:
-    """Scale each parameter's gradient to norm <= max_norm separately (DINO's clipping), in one fused pass.
-    Sharded (FSDP) gradients are clipped by the norm of the whole parameter, summed over its shards."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+def clip_gradients(groups: list[list[nn.Parameter]], max_norm: float) -> None:
+    """Scale the gradients of each group so that their joint L2 norm is <= max_norm, in one fused pass over
+    all gradients. Sharded (FSDP) gradients count with their whole parameter (norms summed over shards)."""
+    members = [(i, p.grad) for i, group in enumerate(groups) for p in group if p.grad is not None]
+    if not members:
         return
-    norms = [full_tensor(n) for n in torch._foreach_norm(grads)]
-    scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+    grads = [grad for _, grad in members]
+    norms = torch.stack([full_tensor(n) for n in torch._foreach_norm(grads)])
+    index = torch.tensor([i for i, _ in members], device=norms.device)
+    squares = torch.zeros(len(groups), dtype=norms.dtype, device=norms.device).index_add_(0, index, norms**2)
+    scales = torch.clamp(max_norm / (squares.sqrt() + 1e-6), max=1.0)[index]
     with sharded_times_plain(grads):
-        torch._foreach_mul_(grads, scales)
+        torch._foreach_mul_(grads, list(scales.unbind()))

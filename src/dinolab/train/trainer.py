@@ -28,7 +28,7 @@ from dinolab.models.vit import VisionTransformer
 from dinolab.train.distill import load_distillation_teacher
 from dinolab.train.ema import EMATeacher
 from dinolab.train.highres import resize_position_embeddings
-from dinolab.train.optim import clip_gradients_per_parameter, make_optimizer, set_lr_and_wd
+from dinolab.train.optim import clip_gradients, clip_groups, make_optimizer, set_lr_and_wd
 from dinolab.train.parallel import distribute, load_model_state, load_optimizer_state, model_state, optimizer_state
 from dinolab.train.schedules import StepSchedule
 
@@ -75,8 +75,8 @@ class Trainer:
         self.last_layers = [
             p for name, p in self.student.named_parameters() if ".last_layer." in name and p.requires_grad
         ]
-        self.trainable = [p for p in self.student.parameters() if p.requires_grad]
         self.clip_grad = cfg.optim.clip_grad
+        self.clipped_together = clip_groups(self.student, cfg.optim.clip_mode)
 
     def step(
         self,
@@ -117,7 +117,7 @@ class Trainer:
         with phase("clip"):
             if self.clip_grad:
                 self.scaler.unscale_(self.optimizer)
-                clip_gradients_per_parameter(self.trainable, self.clip_grad)
+                clip_gradients(self.clipped_together, self.clip_grad)
         with phase("optimizer"):
             self.scaler.step(self.optimizer)
             self.scaler.update()
