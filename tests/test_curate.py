@@ -1,6 +1,7 @@
 """`dinolab curate` and its stages: search against brute force, planted duplicates, decontamination,
-retrieval, hierarchical balancing quotas, and the command line end to end on a tiny generated pool
-(duplicates, an unreadable file, bad inputs as one-line errors)."""
+retrieval, hierarchical balancing quotas, the command line end to end on a tiny generated pool
+(duplicates, an unreadable file, bad inputs as one-line errors), and the curated list trained on
+(data.file_list, --symlinks)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from conftest import random_rgb, save_image
 
 import dinolab.curate.search as search_module
 from dinolab.cli import main
+from dinolab.config import ConfigError
 from dinolab.curate import (
     balanced_quotas,
     balanced_sample,
@@ -25,7 +27,10 @@ from dinolab.curate import (
     retrieve_per_image,
     too_close,
 )
+from dinolab.data import ImageList, build_dataset
+from dinolab.data.stats import measure_images
 from dinolab.hub import dinov2_vits14, save_backbone
+from dinolab.train import fit
 
 BACKENDS = ["exact", pytest.param("faiss", marks=pytest.mark.skipif(
     not search_module.faiss_available(), reason="faiss-cpu not installed"))]
@@ -267,3 +272,76 @@ def test_auto_search_takes_faiss_from_the_size_threshold_on(monkeypatch: pytest.
     assert search_module.choose_backend("auto", len(x)) == "exact"
     monkeypatch.setattr(search_module, "FAISS_MIN_BASE", 50)
     assert search_module.choose_backend("auto", len(x)) == "faiss"
+
+
+# ---------------------------------------------------------------- the file list trains
+
+
+def test_curated_list_trains_on_exactly_its_images(pool: Path, checkpoint: Path, tmp_path: Path, make_config) -> None:
+    out = tmp_path / "curated.txt"
+    assert run_curate(pool, checkpoint, out) == 0
+    listed = out.read_text().splitlines()
+    assert len(listed) == 12 and all(Path(p).is_absolute() for p in listed)  # 15 files: 2 copies, 1 unreadable
+    cfg = make_config("listed", data={"dataset": "folder", "file_list": str(out), "path": ""},
+                      optim={"epochs": 1, "batch_size": 2, "warmup_epochs": 0})
+    assert [str(f) for f in build_dataset(cfg.data, 1).files] == listed
+    result = fit(cfg, quiet=True)
+    metrics = (result.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 6  # 12 images / batch 2: the folder's 14 readable images would make 7 steps
+
+
+def test_file_list_resolves_relative_paths_against_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "sub/b.png"):
+        save_image(tmp_path / "data" / name, random_rgb(rng))
+    listing = tmp_path / "data" / "list.txt"
+    listing.write_text("a.png\n\nsub/b.png\n")
+    monkeypatch.chdir(tmp_path)  # not the list's folder
+    dataset = ImageList("data/list.txt", size=16)
+    assert dataset.files == [Path("data/a.png"), Path("data/sub/b.png")] and dataset.labels.tolist() == [-1, -1]
+    assert dataset[1][0].shape == (3, 16, 16)
+    assert measure_images(listing).total == 2  # data.auto measures the listed images
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, r"does not exist \(write one with dinolab curate --out\)"),
+    ("\n  \n", "names no images: it is empty"),
+    ("a.png\nb.png\nc.png\nd.png\ne.png\nkept.png\n", "5 of the 6 files listed in"),
+])
+def test_bad_file_lists_say_what_is_wrong(content: str | None, message: str, tmp_path: Path) -> None:
+    save_image(tmp_path / "kept.png", random_rgb(np.random.default_rng(0)))
+    listing = tmp_path / "list.txt"
+    if content is not None:
+        listing.write_text(content)
+    with pytest.raises((FileNotFoundError, ValueError), match=message) as err:
+        ImageList(listing, size=16)
+    if "5 of" in message:  # the first few missing files are named, not all
+        assert str(tmp_path / "c.png") in str(err.value) and "d.png" not in str(err.value)
+
+
+def test_file_list_needs_the_folder_dataset(make_config) -> None:
+    with pytest.raises(ConfigError, match="data.file_list"):
+        make_config(data={"file_list": "curated.txt"})  # the tiny config's dataset is fmnist
+
+
+def test_symlink_folder_mirrors_the_list_and_is_replaced_by_a_rerun(pool: Path, checkpoint: Path,
+                                                                    tmp_path: Path) -> None:
+    out, links = tmp_path / "curated.txt", tmp_path / "links"
+    assert run_curate(pool, checkpoint, out, "--symlinks", str(links)) == 0
+    linked = sorted(p for p in links.rglob("*") if p.is_symlink())
+    assert [str(p.readlink()) for p in linked] == out.read_text().splitlines()
+    assert (links / "copies" / "a.png").is_symlink()  # at its path under the pool
+    assert run_curate(pool, checkpoint, out, "--symlinks", str(links), "--balance", "kmeans", "--clusters", "4",
+                      "--target", "5") == 0
+    assert len([p for p in links.rglob("*") if p.is_symlink()]) == 5  # the first run's links are gone
+    save_image(links / "real.png", random_rgb(np.random.default_rng(0)))
+    assert run_curate(pool, checkpoint, out, "--symlinks", str(links)) == 1  # would be trained on too
+
+
+def test_curate_writes_absolute_paths_for_a_relative_pool(pool: Path, checkpoint: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_curate(Path("pool"), checkpoint, Path("lists/curated.txt")) == 0
+    listed = (tmp_path / "lists" / "curated.txt").read_text().splitlines()
+    assert listed[0] == str(pool / "copies" / "a.png")
+    assert len(ImageList(tmp_path / "lists" / "curated.txt", size=16)) == 12  # read from elsewhere, still found

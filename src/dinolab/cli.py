@@ -530,9 +530,11 @@ def _curate(args: argparse.Namespace) -> None:
         random_seed=args.random_seed,
     )
     report = curate(args.pool, args.out, args.checkpoint, args.seed, args.exclude or (), settings, args.image_size,
-                    args.batch_size, resolve(args.device, args.precision), args.arch, args.entry, args.quiet)
+                    args.batch_size, resolve(args.device, args.precision), args.arch, args.entry, args.quiet,
+                    args.symlinks)
     print(report.summary())
-    print(f"wrote {args.out} and {report.outputs['report']}")
+    links = f", symlinks in {args.symlinks}" if args.symlinks else ""
+    print(f"wrote {args.out} and {report.outputs['report']}{links}; train on it with data.file_list={args.out}")
 
 
 def _cluster_counts(text: str) -> list[int]:
@@ -551,7 +553,9 @@ def add_curate_parser(sub: argparse._SubParsersAction) -> None:
                     "and are reused by later runs. Similarities are cosine, on the normalized [CLS] token.",
     )
     curate.add_argument("--pool", required=True, help="folder of uncurated images (searched recursively)")
-    curate.add_argument("--out", required=True, help="file list to write, e.g. curated.txt")
+    curate.add_argument("--out", required=True, help="file list to write, e.g. curated.txt (train: data.file_list=)")
+    curate.add_argument("--symlinks", help="also a folder of symlinks to the curated images (new, empty, or an "
+                                           "earlier run's: its links are replaced)")
     curate.add_argument("--seed", help="folder of curated images: keep the pool images nearest to them")
     curate.add_argument("--exclude", nargs="+", help="evaluation image folders: drop pool images close to them")
     curate.add_argument("--dedup-threshold", type=float, default=0.95,

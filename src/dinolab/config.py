@@ -60,6 +60,9 @@ class HeadConfig:
 class DataConfig:
     dataset: str = "folder"  # folder | fmnist
     path: str = ""  # image folder, or Fashion-MNIST dir ("" = Debian's default location)
+    # a text file naming the training images, one path per line (relative ones from the list's folder), as
+    # `dinolab curate --out` writes; replaces data.path for training (k-NN checks still read data.path)
+    file_list: str = ""
     split: str = "train"  # for fmnist: train | test
     canvas_size: int = 0  # folder images are resized+center-cropped to this first (0 = global size * 8/7)
     global_crops_size: int = 224
@@ -399,6 +402,8 @@ def validate(cfg: Config) -> None:
         (cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0"),
         (not cfg.data.auto or cfg.data.dataset == "folder", "data.auto",
          "measures a folder of images: needs data.dataset=folder"),
+        (not cfg.data.file_list or cfg.data.dataset == "folder", "data.file_list",
+         "names image files: needs data.dataset=folder"),
         (cfg.loss.student_temp > 0 and cfg.loss.teacher_temp > 0 and cfg.loss.warmup_teacher_temp > 0,
          "loss temperatures", "must be positive"),
         (0 <= cfg.loss.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)"),

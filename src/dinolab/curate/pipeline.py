@@ -139,6 +139,31 @@ def weights_digest(loaded: LoadedModel) -> str:
     return h.hexdigest()
 
 
+def check_symlink_folder(folder: Path) -> None:
+    """Refuse a --symlinks folder that holds anything but symlinks (and folders): those would be trained on too."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--symlinks {folder} is a file: name a folder to create (or an earlier run's)")
+    others = [p for p in folder.rglob("*") if not p.is_symlink() and not p.is_dir()] if folder.exists() else []
+    if others:
+        raise ValueError(f"--symlinks {folder} holds files that are not symlinks (e.g. {others[0]}), which would "
+                         f"be trained on with the curated images: choose a new or empty folder")
+
+
+def write_symlinks(paths: Sequence[str], pool: Path, folder: Path) -> None:
+    """`folder` as a folder of symlinks to `paths` (all under `pool`, absolute), each at its path relative to
+    `pool`, so tools that take a folder (data.path=, eval) see exactly the curated images, class subfolders
+    kept. Links an earlier run left there are removed first: the folder always matches the list."""
+    check_symlink_folder(folder)
+    if folder.exists():
+        for old in folder.rglob("*"):
+            if old.is_symlink():
+                old.unlink()
+    for path in paths:
+        link = folder / Path(path).relative_to(pool)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(path)
+
+
 def _stage_done(report: CurateReport, name: str, rows: np.ndarray, started: float) -> np.ndarray:
     """Record the size and duration of the stage that started at `started` and left `rows` (pool row indices).
     Each stage below returns (rows, started)."""
@@ -215,14 +240,19 @@ def curate(
     arch: str | None = None,
     entry: str | None = None,
     quiet: bool = False,
+    symlinks: str | Path | None = None,
 ) -> CurateReport:
-    """Curate the images under `pool` into the file list `out` (one path per line); see the module docstring.
-    Also writes `<out stem>.report.json`, `<out stem>.duplicates.txt` (every group, kept image first) and
-    keeps the embeddings in `<out stem>.work/`."""
+    """Curate the images under `pool` into the file list `out` (one absolute path per line, what
+    `data.file_list=` reads); see the module docstring. Also writes `<out stem>.report.json`,
+    `<out stem>.duplicates.txt` (every group, kept image first), keeps the embeddings in `<out stem>.work/`
+    and, with `symlinks`, makes that folder a folder of symlinks to the curated images."""
     settings = settings or CurateSettings()
     settings.check(seed is not None)
-    out = Path(out)
+    out, pool = Path(out), Path(pool).absolute()  # absolute: the list stays valid wherever it is read from
     files = output_paths(out)
+    if symlinks is not None:  # checked before any work
+        files["symlinks"] = Path(symlinks)
+        check_symlink_folder(files["symlinks"])
     report = CurateReport(settings=asdict(settings), outputs={k: str(v) for k, v in files.items()})
     loaded = load_model(checkpoint, arch=arch, entry=entry)
     size = image_size or loaded.config.data.global_crops_size
@@ -246,5 +276,7 @@ def curate(
     if settings.balance:
         rows = _stage_done(report, "balanced", *_balance(data, rows, settings, report))
     atomic_write_text("".join(data.paths[i] + "\n" for i in rows), out)
+    if symlinks is not None:
+        write_symlinks([data.paths[i] for i in rows], pool, files["symlinks"])
     atomic_write_text(json.dumps(asdict(report), indent=1), files["report"])
     return report

@@ -81,42 +81,25 @@ class FashionMNIST(Dataset):
         return self.images[i], int(self.labels[i])
 
 
-class ImageFolder(Dataset):
-    """Images under a folder, nested to any depth; the first-level subfolder is the class label.
+class ImageFiles(Dataset):
+    """Given image files, each resized (shorter side to `resize_size`) and center-cropped to `size` x `size`.
 
-    Each image is resized (shorter side to `resize_size`) and center-cropped to `size` x `size`.
-    Images directly in `root` get label -1. Files with other extensions are ignored; files that
-    fail to decode are skipped at load time and counted by `collate_images`. Pass the training
-    split's `classes` when building a test split so both number the classes alike.
+    Files that fail to decode are skipped at load time (None) and counted by `collate_images`. `labels`:
+    one class index per file, or -1 for all when None. `ImageFolder` and `ImageList` say which files.
     """
 
     def __init__(
         self,
-        root: str | Path,
+        files: list[Path],
         size: int,
         resize_size: int | None = None,
         channels: int = 3,
-        classes: tuple[str, ...] | None = None,
+        labels: Tensor | None = None,
+        classes: tuple[str, ...] = (),
     ):
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-        self.root, self.size, self.resize_size, self.channels = root, size, resize_size or size, channels
-        # listed once, by rank 0, and shared: every process of a run sees the same files in the same order
-        self.files = computed_on_main(
-            lambda: sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        )
-        if not self.files:
-            raise ValueError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-        parts = [p.relative_to(root).parts for p in self.files]
-        found = sorted({rel[0] for rel in parts if len(rel) > 1})
-        if classes is not None:
-            unknown = sorted(set(found) - set(classes))
-            if unknown:
-                raise ValueError(f"{root} has class folders {unknown} that are not among the known classes {classes}")
-        self.classes = tuple(found) if classes is None else tuple(classes)
-        index = {name: i for i, name in enumerate(self.classes)}
-        self.labels = torch.tensor([index[rel[0]] if len(rel) > 1 else -1 for rel in parts])
+        self.files, self.size, self.resize_size, self.channels = files, size, resize_size or size, channels
+        self.labels = torch.full((len(files),), -1) if labels is None else labels
+        self.classes = classes
 
     def __len__(self) -> int:
         return len(self.files)
@@ -132,6 +115,74 @@ class ImageFolder(Dataset):
         x = TF.resize(x, self.resize_size, antialias=True)
         x = TF.center_crop(x, [self.size, self.size])
         return x, int(self.labels[i])
+
+
+class ImageFolder(ImageFiles):
+    """Images under a folder, nested to any depth; the first-level subfolder is the class label.
+
+    Images directly in `root` get label -1. Files with other extensions are ignored. Pass the training
+    split's `classes` when building a test split so both number the classes alike.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        size: int,
+        resize_size: int | None = None,
+        channels: int = 3,
+        classes: tuple[str, ...] | None = None,
+    ):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
+        self.root = root
+        # listed once, by rank 0, and shared: every process of a run sees the same files in the same order
+        files = computed_on_main(
+            lambda: sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        )
+        if not files:
+            raise ValueError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        parts = [p.relative_to(root).parts for p in files]
+        found = sorted({rel[0] for rel in parts if len(rel) > 1})
+        if classes is not None:
+            unknown = sorted(set(found) - set(classes))
+            if unknown:
+                raise ValueError(f"{root} has class folders {unknown} that are not among the known classes {classes}")
+        classes = tuple(found) if classes is None else tuple(classes)
+        index = {name: i for i, name in enumerate(classes)}
+        labels = torch.tensor([index[rel[0]] if len(rel) > 1 else -1 for rel in parts])
+        super().__init__(files, size, resize_size, channels, labels, classes)
+
+
+MISSING_SHOWN = 3  # missing files named in ImageList's error
+
+
+def read_file_list(list_file: str | Path) -> list[Path]:
+    """The image paths a file list names: one per line (blank lines ignored), relative ones taken from the
+    list's folder, so a list and its images can move together. Every file must exist: a list is a choice of
+    images, and silently training on fewer of them than chosen would hide a stale list."""
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise FileNotFoundError(f"file list {list_file} does not exist (write one with dinolab curate --out)")
+    files = [list_file.parent / line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    if not files:
+        raise ValueError(f"file list {list_file} names no images: it is empty")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(files)} files listed in {list_file} do not exist, e.g. "
+            f"{', '.join(missing[:MISSING_SHOWN])}: were the images moved? (relative paths are read from the "
+            f"list's folder {list_file.parent})")
+    return files
+
+
+class ImageList(ImageFiles):
+    """The images a file list names (`read_file_list`; `dinolab curate --out` writes one), label -1 each."""
+
+    def __init__(self, list_file: str | Path, size: int, resize_size: int | None = None, channels: int = 3):
+        self.list_file = Path(list_file)
+        # read by every process: the list is fixed, and an error in it then stops every rank, not only rank 0
+        super().__init__(read_file_list(list_file), size, resize_size, channels)
 
 
 def collate_images(samples: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Tensor, int]:

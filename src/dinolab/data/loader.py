@@ -15,19 +15,23 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from dinolab.config import NUM_GLOBAL_CROPS, DataConfig, MaskConfig
-from dinolab.data.datasets import FashionMNIST, ImageFolder, collate_images
+from dinolab.data.datasets import FashionMNIST, ImageFolder, ImageList, collate_images
 from dinolab.data.masking import BlockMasking
 from dinolab.data.transforms import MultiCropAugmentation, Rows, dino_crop_specs
 
 
 def build_dataset(cfg: DataConfig, in_chans: int, split: str | None = None, path: str | None = None) -> Dataset:
-    """The raw (un-augmented) dataset a DataConfig points at. Folder images come at canvas size."""
-    path = cfg.path if path is None else path
+    """The raw (un-augmented) dataset a DataConfig points at: Fashion-MNIST, data.file_list's images (unless a
+    `path` is given) or data.path's folder. Folder and list images come at canvas size."""
     if cfg.dataset == "fmnist":
-        return FashionMNIST(path or None, split or cfg.split)
-    if not path:
-        raise ValueError("data.path is empty: set it to a folder of images (data.path=/my/images)")
+        return FashionMNIST((cfg.path if path is None else path) or None, split or cfg.split)
     canvas = cfg.canvas_size or cfg.global_crops_size * 8 // 7
+    if path is None and cfg.file_list:
+        return ImageList(cfg.file_list, size=canvas, channels=in_chans)
+    path = cfg.path if path is None else path
+    if not path:
+        raise ValueError("data.path is empty: set it to a folder of images (data.path=/my/images), or name the "
+                         "images in a file list (data.file_list=curated.txt)")
     return ImageFolder(path, size=canvas, channels=in_chans)
 
 

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dinolab import config as config_lib
 from dinolab.config import Config
-from dinolab.data.datasets import IMAGE_EXTENSIONS
+from dinolab.data.datasets import IMAGE_EXTENSIONS, read_file_list
 from dinolab.progress import write
 
 SAMPLE_SIZE = 1000  # images measured; the mean/std of 1000 images is within ~1% of the full set's
@@ -42,8 +42,11 @@ class ImageStats:
 
 
 def image_files(root: str | Path) -> list[Path]:
-    """Every image under `root`, at any depth, in a fixed order (the files `ImageFolder` reads)."""
+    """Every image under `root`, at any depth, in a fixed order (the files `ImageFolder` reads); or, when `root`
+    is a file list (data.file_list), the images it names."""
     root = Path(root)
+    if root.is_file():
+        return read_file_list(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
@@ -53,7 +56,8 @@ def image_files(root: str | Path) -> list[Path]:
 
 
 def measure_images(root: str | Path, sample: int = SAMPLE_SIZE, seed: int = 0) -> ImageStats:
-    """Channels, median shorter side and per-channel mean/std (at native resolution) of a seeded sample."""
+    """Channels, median shorter side and per-channel mean/std (at native resolution) of a seeded sample of a
+    folder's images (or a file list's)."""
     files = image_files(root)
     chosen = random.Random(seed).sample(files, min(sample, len(files)))
     arrays, sizes, gray = [], [], True
@@ -89,14 +93,16 @@ def crop_sizes(size: int) -> tuple[int, int, int]:
 
 
 def resolve_from_images(cfg: Config, quiet: bool = False) -> Config:
-    """`cfg` with channels, normalization, patch and crop sizes measured from `data.path` when `data.auto` is
-    on (printed unless `quiet`); `cfg` itself otherwise. The result has `data.auto` off, so the run's saved
-    config holds the values used and evaluation normalizes as training did."""
+    """`cfg` with channels, normalization, patch and crop sizes measured from the training images (data.file_list
+    or data.path) when `data.auto` is on (printed unless `quiet`); `cfg` itself otherwise. The result has
+    `data.auto` off, so the run's saved config holds the values used and evaluation normalizes as training did."""
     if not cfg.data.auto:
         return cfg
-    if not cfg.data.path:
-        raise ValueError("data.auto measures the images under data.path, which is empty: set data.path=/my/images")
-    stats = measure_images(cfg.data.path, seed=cfg.train.seed)
+    source = cfg.data.file_list or cfg.data.path
+    if not source:
+        raise ValueError("data.auto measures the images under data.path, which is empty: set data.path=/my/images "
+                         "(or data.file_list=curated.txt)")
+    stats = measure_images(source, seed=cfg.train.seed)
     patch, global_size, local_size = crop_sizes(stats.size)
     model = dataclasses.replace(cfg.model, in_chans=stats.channels, patch_size=patch, img_size=global_size)
     data = dataclasses.replace(cfg.data, auto=False, mean=stats.mean, std=stats.std, global_crops_size=global_size,
@@ -118,6 +124,7 @@ def describe_choice(stats: ImageStats, cfg: Config) -> str:
         f"data.local_crops_size={cfg.data.local_crops_size} data.mean=[{values[0]}] data.std=[{values[1]}]"
     )
     return (
-        f"data.auto: measured {stats.measured} of the {stats.total} images under {cfg.data.path}: {kind}, median "
-        f"shorter side {stats.size} px. Chose (pin them with data.auto=false and these overrides):\n  {chosen}"
+        f"data.auto: measured {stats.measured} of the {stats.total} images in {cfg.data.file_list or cfg.data.path}: "
+        f"{kind}, median shorter side {stats.size} px. Chose (pin them with data.auto=false and these "
+        f"overrides):\n  {chosen}"
     )

@@ -19,7 +19,8 @@ def write_report(
     lines += [
         f"- model: {cfg.model.arch}/{cfg.model.patch_size}, {cfg.model.in_chans} channel(s), "
         f"{cfg.head.out_dim} prototypes",
-        f"- data: {cfg.data.dataset} {cfg.data.path or ''}, {NUM_GLOBAL_CROPS} x {cfg.data.global_crops_size}px + "
+        f"- data: {cfg.data.dataset} {cfg.data.file_list or cfg.data.path}, "
+        f"{NUM_GLOBAL_CROPS} x {cfg.data.global_crops_size}px + "
         f"{cfg.data.local_crops_number} x {cfg.data.local_crops_size}px crops",
         f"- optimization: {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, base lr {cfg.optim.lr}",
     ]
