@@ -18,6 +18,7 @@ from dinolab import config as config_lib
 from dinolab.config import Config, ConfigError
 from dinolab.io import CheckpointError, read_checkpoint, read_metrics, read_training_checkpoint
 from dinolab.train import Trainer, fit
+from dinolab.train.sharded_checkpoint import consolidate
 
 # The same sums added in another order differ by ~1e-7; Adam's m / sqrt(v) turns that into at most a small
 # fraction of one step (lr 1.6e-4 here) for parameters whose gradients are near 0.
@@ -238,7 +239,9 @@ def test_sharded_checkpoints_resume_at_another_world_size_and_consolidate(fmnist
     fit(tiny_config(fmnist_dir, tmp_path / "run", **sections, train=sharded), quiet=True, max_iterations=4)
     folder = tmp_path / "run" / "checkpoint.dcp"
     assert (folder / ".metadata").is_file() and not (tmp_path / "run" / "checkpoint.pth").exists()
-    done = torchrun(tiny_config(fmnist_dir, tmp_path / "run", **sections, train={**sharded, "parallel": "fsdp"}), 2)
+    # written in the background (DCP's async save on a gloo group of its own), mid-epoch and at the end
+    background = {**sharded, "parallel": "fsdp", "async_save": True, "save_every_iterations": 2}
+    done = torchrun(tiny_config(fmnist_dir, tmp_path / "run", **sections, train=background), 2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stderr and "batch 0" in done.stderr
     assert len(list(folder.glob("*.distcp"))) == 2  # one file of shards per rank
@@ -264,25 +267,35 @@ def test_an_incomplete_or_damaged_sharded_checkpoint_is_never_used_silently(make
         fit(make_config("run", optim={"epochs": 2}, train={"checkpoint_format": "sharded"}), quiet=True)
 
 
-def test_asynchronous_saves_write_what_synchronous_ones_do(make_config) -> None:
+@pytest.mark.parametrize("checkpoint_format", ["file", "sharded"])
+def test_asynchronous_saves_write_what_synchronous_ones_do(make_config, checkpoint_format: str) -> None:
     """train.async_save: the checkpoint (a copy of the state taken at the step) is written in a background
     thread while training goes on; the files are those of a synchronous run, and resume from them alike."""
-    sync = make_config("sync", optim={"epochs": 2}, train={"save_every_iterations": 3})
-    background = make_config("async", optim={"epochs": 2}, train={"save_every_iterations": 3, "async_save": True})
+    saving = {"save_every_iterations": 3, "checkpoint_format": checkpoint_format}
+    sync = make_config("sync", optim={"epochs": 2}, train=saving)
+    background = make_config("async", optim={"epochs": 2}, train={**saving, "async_save": True})
     fit(sync, quiet=True, max_iterations=7)
     fit(background, quiet=True, max_iterations=7)  # returns once the last save is on disk
-    a, b = (read_checkpoint(c.train.output_dir) for c in (sync, background))
+    a, b = (saved_state(c) for c in (sync, background))
     assert (a["iteration"], a["batches_done"]) == (b["iteration"], b["batches_done"]) == (6, 2)
     for entry in ("student", "teacher"):
         assert_same_states(a[entry], b[entry])
-    files = sorted(p.name for p in Path(background.train.output_dir).glob("*.pth"))
-    assert files == sorted(p.name for p in Path(sync.train.output_dir).glob("*.pth")) == [
-        "checkpoint.pth", "checkpoint_0001.pth"]
+    files = sorted(p.name for p in Path(background.train.output_dir).iterdir() if p.suffix in (".pth", ".dcp"))
+    assert files == sorted(p.name for p in Path(sync.train.output_dir).iterdir() if p.suffix in (".pth", ".dcp"))
+    assert files == (["checkpoint.pth", "checkpoint_0001.pth"] if checkpoint_format == "file" else ["checkpoint.dcp"])
     fit(sync, quiet=True)
     fit(background, quiet=True)
-    a, b = (read_checkpoint(c.train.output_dir) for c in (sync, background))
+    a, b = (saved_state(c) for c in (sync, background))
     for entry in ("student", "teacher"):
         assert_same_states(a[entry], b[entry])
+
+
+def saved_state(cfg: Config) -> dict:
+    """The run's latest checkpoint, read through `consolidate` when it is sharded."""
+    run = Path(cfg.train.output_dir)
+    if cfg.train.checkpoint_format == "file":
+        return read_checkpoint(run)
+    return read_checkpoint(consolidate(run, run.parent / f"{run.name}_whole.pth"))
 
 
 RANK_1_DIES = """

@@ -145,7 +145,7 @@ class TrainConfig:
     # file: checkpoint.pth, the whole state written by rank 0 | sharded: checkpoint.dcp/, each rank writes its
     # shards (torch.distributed.checkpoint), for models whose whole state does not fit one host
     checkpoint_format: str = "file"
-    async_save: bool = False  # file format: write the checkpoint in a background thread while training goes on
+    async_save: bool = False  # write checkpoints (either format) in a background thread while training goes on
     # Several processes (torchrun): auto = DDP when launched with more than one, none = refuse more than one,
     # fsdp = FSDP2, student and teacher sharded over the processes (models too large to replicate)
     parallel: str = "auto"  # auto | none | ddp | fsdp

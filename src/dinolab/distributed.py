@@ -110,6 +110,12 @@ def all_gather_object(obj: Any) -> list[Any]:
     return gathered
 
 
+def new_gloo_group() -> dist.ProcessGroup:
+    """A second group over all ranks (every rank must call it), for collectives run in a background thread
+    (asynchronous checkpoint writes) so that they never interleave with the training's on the main group."""
+    return dist.new_group(backend="gloo")
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

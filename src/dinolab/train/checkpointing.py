@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from dinolab.config import Config
-from dinolab.distributed import World, all_gather_object, all_reduce_int, barrier
+from dinolab.distributed import World, all_gather_object, all_reduce_int, barrier, new_gloo_group
 from dinolab.io import LATEST, atomic_save, rng_state, save_run_checkpoint, training_state
-from dinolab.train.sharded_checkpoint import save_sharded
+from dinolab.train.sharded_checkpoint import ShardedSave, save_sharded
 from dinolab.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ class Checkpointing:
         self.received: str | None = None  # the name of the preemption signal, once one arrived
         self.writing: threading.Thread | None = None  # train.async_save: the save still being written
         self.write_error: BaseException | None = None
+        self.sharded_pending: ShardedSave | None = None  # the same for train.checkpoint_format=sharded
+        background = cfg.train.async_save and cfg.train.checkpoint_format == "sharded" and world.distributed
+        self.background_group = new_gloo_group() if background else None  # DCP's collectives, off the main group
 
     @contextmanager
     def catching_preemption(self) -> Iterator[None]:
@@ -76,8 +79,14 @@ class Checkpointing:
         """checkpoint.pth at this position; at an epoch end (batches_done 0) also checkpoint_EPOCH.pth.
         With train.checkpoint_format=sharded, checkpoint.dcp/ instead (train/sharded_checkpoint.py)."""
         if self.cfg.train.checkpoint_format == "sharded":
+            self.wait()  # one save at a time, in order
             progress = {"epoch": epochs_done, "batches_done": batches_done, "iteration": iteration}
-            save_sharded(trainer, self.run_dir, self.world, progress)
+            pending = save_sharded(trainer, self.run_dir, self.world, progress, self.cfg.train.async_save,
+                                   self.background_group)
+            if self.cfg.train.async_save:
+                self.sharded_pending = pending
+            else:
+                pending.finish()
             self.last_save = time.monotonic()
             return
         rng_by_rank = all_gather_object(rng_state()) if self.world.distributed else None
@@ -110,6 +119,9 @@ class Checkpointing:
         if self.writing is not None:
             self.writing.join()
             self.writing = None
+        if self.sharded_pending is not None:
+            pending, self.sharded_pending = self.sharded_pending, None
+            pending.finish()
         if self.write_error is not None:
             error, self.write_error = self.write_error, None
             raise error

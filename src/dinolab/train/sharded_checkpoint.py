@@ -15,12 +15,13 @@ import json
 import logging
 import shutil
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed import ProcessGroup
 
 from dinolab import config as config_lib
 from dinolab.distributed import World, active, all_gather_object, barrier
@@ -33,13 +34,9 @@ SHARDED = "checkpoint.dcp"
 METADATA = ".metadata"  # written by DCP after all the shards: a folder without it is incomplete
 MODEL_ENTRIES = ("student", "teacher")
 
-
-@contextmanager
-def one_process_is_intended() -> Iterator[None]:
-    """DCP warns that it assumes one process when there is no process group, even when told so (no_dist)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-        yield
+# One process saves and loads with no_dist=True on purpose, also in DCP's background thread (an asynchronous
+# save), out of reach of a catch_warnings block: DCP's notice that it assumes one process is noise here.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 def sharded_dir(path: Path) -> Path | None:
@@ -67,11 +64,40 @@ def _dcp_state(trainer: Trainer) -> dict[str, Any]:
     return state
 
 
-def save_sharded(trainer: Trainer, run_dir: Path, world: World, progress: dict[str, int]) -> Path:
-    """Every rank writes its shards into a temporary folder; rank 0 then moves it into place."""
+@dataclass
+class ShardedSave:
+    """A sharded save under way into its temporary folder. `finish()` (on every rank) waits until the shards
+    and the metadata are written, when the save runs in the background, and then moves the folder into place."""
+
+    tmp: Path
+    world: World
+    writing: Future | None = None  # train.async_save: DCP's background write
+
+    def finish(self) -> Path:
+        if self.writing is not None:
+            self.writing.result()  # raises the write's error, if it failed
+        barrier()
+        final, old = self.tmp.parent / SHARDED, self.tmp.parent / f".{SHARDED}.old"
+        if self.world.is_main:
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                final.rename(old)
+            self.tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        barrier()
+        return final
+
+
+def save_sharded(
+    trainer: Trainer, run_dir: Path, world: World, progress: dict[str, int], asynchronous: bool = False,
+    process_group: ProcessGroup | None = None,
+) -> ShardedSave:
+    """Every rank writes its shards into a temporary folder; `finish()` then moves it into place.
+    `asynchronous`: DCP copies the state to CPU memory now and writes it in a thread while training goes on
+    (`dcp.async_save`); its collectives then need a `process_group` of their own, apart from the training's."""
     import torch.distributed.checkpoint as dcp
 
-    tmp, final, old = run_dir / f".{SHARDED}.tmp", run_dir / SHARDED, run_dir / f".{SHARDED}.old"
+    tmp = run_dir / f".{SHARDED}.tmp"
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -81,17 +107,12 @@ def save_sharded(trainer: Trainer, run_dir: Path, world: World, progress: dict[s
     barrier()
     if world.is_main:
         atomic_save({"rng_by_rank": rngs}, tmp / "rng.pt")
-    with one_process_is_intended():
-        dcp.save(_dcp_state(trainer), checkpoint_id=tmp, no_dist=not active())
-    barrier()
-    if world.is_main:
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    barrier()
-    return final
+    if asynchronous:
+        writing = dcp.async_save(_dcp_state(trainer), checkpoint_id=tmp, no_dist=not active(),
+                                 process_group=process_group)
+        return ShardedSave(tmp, world, writing)
+    dcp.save(_dcp_state(trainer), checkpoint_id=tmp, no_dist=not active())
+    return ShardedSave(tmp, world)
 
 
 def load_sharded(trainer: Trainer, folder: Path, world: World) -> dict[str, int]:
@@ -102,8 +123,7 @@ def load_sharded(trainer: Trainer, folder: Path, world: World) -> dict[str, int]
 
     state = _dcp_state(trainer)
     try:
-        with one_process_is_intended():
-            dcp.load(state, checkpoint_id=folder, no_dist=not active())
+        dcp.load(state, checkpoint_id=folder, no_dist=not active())
     except (CheckpointException, OSError, RuntimeError, ValueError) as err:  # e.g. a shard file that is gone
         raise CheckpointError(
             f"sharded checkpoint {folder} cannot be read (missing or damaged shard files, or another model): "
