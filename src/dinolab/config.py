@@ -32,7 +32,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "vit_tiny"  # vit_tiny | vit_small | vit_base | vit_large | vit_giant
+    # vit_tiny | vit_small | vit_base | vit_large | vit_giant; resnet18 | resnet50 (students of distill.teacher)
+    arch: str = "vit_tiny"
     depth: int = 0  # number of blocks; 0 = the architecture's (12 for tiny/small/base)
     patch_size: int = 16
     in_chans: int = 3
@@ -42,6 +43,9 @@ class ModelConfig:
     layerscale_init: float | None = None  # e.g. 1e-5 for DINOv2; None disables LayerScale
     ffn: str = "mlp"  # mlp | swiglu
     qkv_bias: bool = True
+    # ResNet students: imagenet (7x7 stride-2 conv + max-pool, output stride 32) | small (3x3 stride-1 conv, no
+    # max-pool, output stride 8: for images of a few dozen pixels); ViTs ignore it
+    resnet_stem: str = "imagenet"
 
 
 @dataclass
@@ -168,9 +172,22 @@ class EvalConfig:
 
 @dataclass
 class DistillConfig:
-    """DINOv2 distillation: a frozen, trained teacher supervises this (smaller) student."""
+    """A frozen, trained teacher supervises this (smaller) student, in one of two ways, each with its own key
+    (the two train different things, so the file's kind must not switch the recipe silently):
+
+    - `teacher_checkpoint`: DINOv2 distillation. A dinolab training checkpoint *with heads*; the student and its
+      heads learn the teacher's DINO/iBOT head outputs (same prototypes).
+    - `teacher`: feature distillation (train/feature_distill.py). A *headless* backbone, any file
+      `dinolab.hub.load_backbone` reads (DINO/iBOT/DINOv2 releases, HF/timm, `dinolab export`); the student (a
+      ViT or a ResNet, model.arch) matches the teacher's [CLS] and its patch-to-patch similarities, no heads.
+    """
 
     teacher_checkpoint: str = ""  # dinolab checkpoint of the teacher; "" = self-distillation (EMA teacher)
+    teacher: str = ""  # headless backbone file of the teacher for feature distillation; "" = off
+    teacher_size: int = 0  # feature distillation: the side the teacher sees each crop at; 0 = the crop's own
+    cls_weight: float = 1.0  # feature distillation: cosine distance, projected student global feature vs [CLS]
+    patch_weight: float = 1.0  # feature distillation: KL between patch-similarity distributions
+    similarity_temp: float = 0.1  # feature distillation: softmax temperature of the patch cosine similarities
 
 
 @dataclass
@@ -373,13 +390,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
 ARCHS = ("vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant")
+RESNET_ARCHS = ("resnet18", "resnet50")  # students of feature distillation only (distill.teacher)
 CLIP_MODES = ("parameter", "module", "global")  # what one gradient-norm clip covers (optim.clip_mode)
 
 
 def validate(cfg: Config) -> None:
     """Reject values that would make a silent wrong run."""
     checks = [
-        (cfg.model.arch in ARCHS, "model.arch", f"must be one of {', '.join(ARCHS)}"),
+        (cfg.model.arch in ARCHS + RESNET_ARCHS, "model.arch", f"must be one of {', '.join(ARCHS + RESNET_ARCHS)}"),
         (cfg.model.patch_size > 0, "model.patch_size", "must be positive"),
         (cfg.model.depth >= 0, "model.depth", "must be >= 0 (0 = the architecture's depth)"),
         (cfg.model.in_chans in (1, 3), "model.in_chans", "must be 1 or 3"),
@@ -433,7 +451,7 @@ def validate(cfg: Config) -> None:
         (cfg.eval.knn_monitor_train >= 20 and cfg.eval.knn_monitor_test >= 1, "eval.knn_monitor_train/test",
          "need >= 20 train and >= 1 test images"),
     ]
-    checks += _recipe_checks(cfg)
+    checks += _recipe_checks(cfg) + _feature_distill_checks(cfg)
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{key}: {why}")
@@ -495,6 +513,37 @@ def _recipe_checks(cfg: Config) -> list[tuple[bool, str, str]]:
          "must be parameter (each parameter's norm, DINO), module (backbone and each head, DINOv2) or global"),
         (0 < o.layer_decay <= 1, "optim.layer_decay", "must be in (0, 1]"),
         (o.patch_embed_lr_mult > 0, "optim.patch_embed_lr_mult", "must be positive"),
+    ]
+
+
+def _feature_distill_checks(cfg: Config) -> list[tuple[bool, str, str]]:
+    """Feature distillation (distill.teacher) trains a student without heads on the global crops, on one process
+    or under DDP; a ResNet student exists for it alone."""
+    d, distilling = cfg.distill, bool(cfg.distill.teacher)
+    resnet = cfg.model.arch in RESNET_ARCHS
+    return [
+        (not (distilling and d.teacher_checkpoint), "distill.teacher",
+         "feature distillation from a headless backbone and distill.teacher_checkpoint (DINOv2 distillation through "
+         "the heads) exclude each other: set one of them to ''"),
+        (not resnet or distilling, "model.arch",
+         f"a ResNet ({cfg.model.arch}) has no DINO heads: it can only be trained by feature distillation; set "
+         "distill.teacher to a backbone file, or use a ViT"),
+        (cfg.model.resnet_stem in ("imagenet", "small"), "model.resnet_stem", "must be imagenet or small"),
+        (not (resnet and cfg.optim.layer_decay != 1), "optim.layer_decay",
+         "layer-wise lr decay is defined over transformer blocks: set it to 1 for a ResNet"),
+        (not distilling or cfg.data.local_crops_number == 0, "data.local_crops_number",
+         "feature distillation trains on the global crops only: set it to 0 (local crops would be made for nothing)"),
+        (not distilling or not cfg.mask.enabled, "mask.enabled", "feature distillation masks nothing: set it to false"),
+        (not distilling or (cfg.train.parallel != "fsdp" and cfg.train.checkpoint_format == "file"), "train.parallel",
+         "feature distillation runs on one process or under DDP and saves file checkpoints: use train.parallel=auto "
+         "and train.checkpoint_format=file"),
+        (not distilling or not (cfg.train.compile or cfg.train.activation_checkpointing), "train.compile",
+         "feature distillation does not compile or checkpoint activations: set train.compile and "
+         "train.activation_checkpointing to false"),
+        (d.teacher_size >= 0, "distill.teacher_size", "must be >= 0 (0 = the crop's own size)"),
+        (d.cls_weight >= 0 and d.patch_weight >= 0 and d.cls_weight + d.patch_weight > 0, "distill.cls_weight",
+         "distill.cls_weight and distill.patch_weight must be >= 0, not both 0"),
+        (d.similarity_temp > 0, "distill.similarity_temp", "must be positive"),
     ]
 
 

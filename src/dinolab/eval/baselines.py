@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dinolab.models.build import vit_kwargs_of
+from dinolab.models.resnet import ResNetBackbone
 from dinolab.models.vit import VisionTransformer
 
 MODEL_KINDS = ("trained", "random-init", "pixels")
@@ -36,11 +37,16 @@ class PixelBaseline(nn.Module):
 
 
 
-def random_init_like(model: VisionTransformer, seed: int | None = None) -> VisionTransformer:
-    """`model`'s architecture with fresh weights, in eval mode. With `seed` the global torch RNG is seeded
-    first; with None the weights are drawn from it as it stands (the demo seeds it once for several models)."""
+def random_init_like(
+    model: VisionTransformer | ResNetBackbone, seed: int | None = None
+) -> VisionTransformer | ResNetBackbone:
+    """`model`'s architecture (a ViT, or a distilled ResNet) with fresh weights, in eval mode. With `seed` the
+    global torch RNG is seeded first; with None the weights are drawn from it as it stands (the demo seeds it
+    once for several models)."""
     if seed is not None:
         torch.manual_seed(seed)
+    if isinstance(model, ResNetBackbone):
+        return ResNetBackbone(**model.arguments).eval()
     return VisionTransformer(**vit_kwargs_of(model)).eval()
 
 

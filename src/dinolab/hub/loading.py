@@ -33,7 +33,8 @@ from dinolab.io import (
     read_metadata,
     short_list,
 )
-from dinolab.models.build import backbone_kwargs, vit_kwargs_of
+from dinolab.models.build import backbone_kwargs, build_backbone, vit_kwargs_of
+from dinolab.models.resnet import RESNET_LAYERS, ResNetBackbone
 from dinolab.models.vit import VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,8 @@ def load_backbone(
     training checkpoint or run directory (its EMA teacher). The architecture is `arch` (a name of
     dinolab.hub.MODEL_SPECS, e.g. 'dinov2_vits14') when given, else the one recorded in the file (dinolab
     checkpoints and exports), else inferred from the tensor shapes. `kwargs` override constructor arguments.
+    A dinolab run that distilled features into a ResNet (model.arch=resnet*) gives that ResNet
+    (dinolab.models.resnet.ResNetBackbone, torchvision's names).
     """
     return _load(source, arch, entry, **kwargs)[0]
 
@@ -194,6 +197,8 @@ def _load(
     state, entry = backbone_state(obj, str(source), entry)
     if arch is not None:
         model = VisionTransformer(**{**spec(arch).vit_kwargs(), **kwargs})
+    elif is_training_checkpoint(obj) and obj["config"].get("model", {}).get("arch") in RESNET_LAYERS:
+        model = build_backbone(from_dict(obj["config"]))  # a ResNet student of feature distillation
     else:
         if is_training_checkpoint(obj):  # a dinolab training checkpoint: the architecture it was trained with
             vit_kwargs = backbone_kwargs(from_dict(obj["config"]), drop_path_rate=0.0)
@@ -254,3 +259,9 @@ def save_backbone(model: VisionTransformer, path: str | Path, layout: str = "din
         save_file(state, str(tmp), metadata={ARCH_METADATA_KEY: json.dumps(vit_kwargs_of(model)), "layout": layout})
     return path
 
+    if isinstance(model, ResNetBackbone):
+        raise ValueError(
+            "a ResNet backbone has no ViT layout: its checkpoint already holds torchvision's names; load it with "
+            "dinolab.hub.load_backbone(RUN_DIR), or save model.state_dict() for torchvision code "
+            f"(ResNetBackbone(**{model.arguments}) rebuilds the architecture)"
+        )

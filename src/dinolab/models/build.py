@@ -8,6 +8,7 @@ from typing import Any
 
 from dinolab.config import Config
 from dinolab.models.heads import DINOHead, MultiCropWrapper
+from dinolab.models.resnet import RESNET_LAYERS, ResNetBackbone
 from dinolab.models.vit import ARCH_SIZES, VisionTransformer
 
 
@@ -30,7 +31,11 @@ def backbone_kwargs(cfg: Config, drop_path_rate: float | None = None) -> dict[st
     }
 
 
-def build_backbone(cfg: Config, drop_path_rate: float | None = None) -> VisionTransformer:
+def build_backbone(cfg: Config, drop_path_rate: float | None = None) -> VisionTransformer | ResNetBackbone:
+    """The ViT of `cfg.model`, or for model.arch=resnet* (feature distillation's students) a torchvision ResNet."""
+    m = cfg.model
+    if m.arch in RESNET_LAYERS:
+        return ResNetBackbone(m.arch, m.in_chans, m.resnet_stem)
     return VisionTransformer(**backbone_kwargs(cfg, drop_path_rate))
 
 

@@ -25,7 +25,8 @@ def load_distillation_teacher(cfg: Config) -> MultiCropWrapper:
     try:
         checkpoint = read_training_checkpoint(path)
     except CheckpointError as err:
-        raise ConfigError(f"distill.teacher_checkpoint: {err}") from err
+        raise ConfigError(f"distill.teacher_checkpoint: {err}. A backbone without DINO heads (a released file, a "
+                          "dinolab export) distills through its features instead: give it as distill.teacher") from err
     tcfg = checkpoint.config
     needs_patch_head = cfg.loss.ibot_weight > 0
     compared = [

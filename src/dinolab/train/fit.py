@@ -40,6 +40,7 @@ from dinolab.progress import progress
 from dinolab.progress import write as write_line
 from dinolab.train.checkpointing import Checkpointing
 from dinolab.train.monitor import TrainingMonitor
+from dinolab.train.feature_distill import FeatureDistiller
 from dinolab.train.report import write_report
 from dinolab.train.schedules import Schedules, StepSchedule
 from dinolab.train.sharded_checkpoint import load_sharded, sharded_dir
@@ -75,7 +76,8 @@ def fit(
     iters_per_epoch = iterations_per_epoch(dataset, cfg.optim.batch_size)
     augmentation = build_augmentation(cfg.data)
     masking = build_masking(cfg.mask, cfg.data.global_crops_size, cfg.model.patch_size)
-    trainer, schedules = Trainer(cfg, runtime, world), Schedules(cfg, iters_per_epoch)
+    trainer = (FeatureDistiller if cfg.distill.teacher else Trainer)(cfg, runtime, world)  # distill.teacher: no heads
+    schedules = Schedules(cfg, iters_per_epoch)
     start_epoch, start_batch = resume_training(trainer, resume, run_dir, cfg, world)
     iteration = start_epoch * iters_per_epoch + start_batch
     stop_at = iteration + max_iterations if max_iterations is not None else None
@@ -101,7 +103,7 @@ def fit(
                     loss, stats = checked_step(trainer, crops, schedule, masks, where, run_dir)
                     evaluated = trainer.evaluated_backbone
                     if record := monitor.after_step(iteration, loss, stats, schedule, len(crops[0]), evaluated):
-                        bar.set_postfix(loss=f"{record['loss']:.3f}", H=f"{record['teacher_entropy']:.2f}")
+                        bar.set_postfix(**progress_postfix(record))
                     save, stop = checkpointing.after_step(iteration)
                     if save and i + 1 < iters_per_epoch:  # mid-epoch; epoch ends are saved below
                         checkpointing.save(trainer, epoch, i + 1, iteration)
@@ -244,6 +246,14 @@ def checked_step(
 
 def iterations_per_epoch(dataset: Dataset, batch_size: int) -> int:
     """Full batches per epoch (the last partial batch is dropped); an error when there is not even one."""
+def progress_postfix(record: dict[str, float]) -> dict[str, str]:
+    """The loss and, where there are targets (not in feature distillation), the teacher's entropy H."""
+    shown = {"loss": f"{record['loss']:.3f}"}
+    if "teacher_entropy" in record:
+        shown["H"] = f"{record['teacher_entropy']:.2f}"
+    return shown
+
+
     iterations = batches_per_epoch(dataset, batch_size)
     if iterations == 0:
         raise ValueError(

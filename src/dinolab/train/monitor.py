@@ -213,7 +213,10 @@ def collapse_warning(teacher_entropy: float, num_prototypes: int) -> str | None:
 
 
 def warn_on_collapse(metrics: dict[str, float], cfg: Config) -> None:
-    """The collapse monitor, for the [CLS] targets and (iBOT) the patch targets."""
+    """The collapse monitor, for the [CLS] targets and (iBOT) the patch targets; none without targets
+    (feature distillation)."""
+    if "teacher_entropy" not in metrics:
+        return
     warning = collapse_warning(metrics["teacher_entropy"], cfg.head.out_dim)
     if warning:
         log.warning("[CLS] targets: %s", warning)

@@ -8,6 +8,11 @@ from dinolab.config import NUM_GLOBAL_CROPS, Config
 from dinolab.io import read_metrics
 from dinolab.viz.curves import save_curves
 
+# the loss's parts shown on the report's last-step line, when the recipe has them (feature distillation has
+# no targets, hence no entropy or KL)
+REPORTED_TERMS = (("teacher_entropy", "teacher entropy"), ("kl", "KL"), ("cls_loss", "[CLS] cosine distance"),
+                  ("patch_loss", "patch-similarity KL"))
+
 
 def write_report(
     run_dir: str | Path, cfg: Config, skipped_images: int = 0, sections: dict[str, str] | None = None
@@ -18,7 +23,8 @@ def write_report(
     lines = [f"# dinolab run: {run_dir.name}", ""]
     lines += [
         f"- model: {cfg.model.arch}/{cfg.model.patch_size}, {cfg.model.in_chans} channel(s), "
-        f"{cfg.head.out_dim} prototypes",
+        + (f"feature distillation from {cfg.distill.teacher}" if cfg.distill.teacher else
+           f"{cfg.head.out_dim} prototypes"),
         f"- data: {cfg.data.dataset} {cfg.data.file_list or cfg.data.path}, "
         f"{NUM_GLOBAL_CROPS} x {cfg.data.global_crops_size}px + "
         f"{cfg.data.local_crops_number} x {cfg.data.local_crops_size}px crops",
@@ -30,8 +36,8 @@ def write_report(
         last = records[-1]
         mean_speed = sum(r["img_per_s"] for r in records) / len(records)
         lines += [
-            f"- last logged step: iteration {last['iteration']}, loss {last['loss']:.4f}, teacher entropy "
-            f"{last['teacher_entropy']:.3f}, KL {last['kl']:.3f}",
+            f"- last logged step: iteration {last['iteration']}, loss {last['loss']:.4f}"
+            + "".join(f", {name} {last[key]:.3f}" for key, name in REPORTED_TERMS if key in last),
             f"- mean throughput: {mean_speed:.1f} img/s",
         ]
     curves = save_curves(run_dir, per_quantity=False)

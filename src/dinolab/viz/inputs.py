@@ -54,6 +54,9 @@ class VizModel:
         """The one place visualizations load weights: anything `dinolab.hub.load_model` reads (a dinolab
         checkpoint or run dir -> its EMA teacher, or released DINO / iBOT / DINOv2 weights)."""
         loaded = load_model(checkpoint)
+        if not isinstance(loaded.backbone, VisionTransformer):
+            raise ValueError(f"{checkpoint} holds a {type(loaded.backbone).__name__}: attention maps, PCA maps and "
+                             "the explorer need a ViT's patch tokens; evaluate it with dinolab eval or dinolab embed")
         return cls(loaded.backbone, tuple(loaded.config.data.mean), tuple(loaded.config.data.std))
 
 
