@@ -250,6 +250,12 @@ def save_backbone(model: VisionTransformer, path: str | Path, layout: str = "din
     other suffixes are written with torch.save, like the official `*_pretrain.pth` files. Atomic either way.
     """
     path = Path(path)
+    if isinstance(model, ResNetBackbone):
+        raise ValueError(
+            "a ResNet backbone has no ViT layout: its checkpoint already holds torchvision's names; load it with "
+            "dinolab.hub.load_backbone(RUN_DIR), or save model.state_dict() for torchvision code "
+            f"(ResNetBackbone(**{model.arguments}) rebuilds the architecture)"
+        )
     state = from_dinolab(model.state_dict(), layout)
     if path.suffix != ".safetensors":
         return atomic_save(state, path)
@@ -258,10 +264,3 @@ def save_backbone(model: VisionTransformer, path: str | Path, layout: str = "din
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={ARCH_METADATA_KEY: json.dumps(vit_kwargs_of(model)), "layout": layout})
     return path
-
-    if isinstance(model, ResNetBackbone):
-        raise ValueError(
-            "a ResNet backbone has no ViT layout: its checkpoint already holds torchvision's names; load it with "
-            "dinolab.hub.load_backbone(RUN_DIR), or save model.state_dict() for torchvision code "
-            f"(ResNetBackbone(**{model.arguments}) rebuilds the architecture)"
-        )

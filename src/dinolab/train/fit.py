@@ -39,8 +39,8 @@ from dinolab.models.vit import VisionTransformer
 from dinolab.progress import progress
 from dinolab.progress import write as write_line
 from dinolab.train.checkpointing import Checkpointing
-from dinolab.train.monitor import TrainingMonitor
 from dinolab.train.feature_distill import FeatureDistiller
+from dinolab.train.monitor import TrainingMonitor
 from dinolab.train.report import write_report
 from dinolab.train.schedules import Schedules, StepSchedule
 from dinolab.train.sharded_checkpoint import load_sharded, sharded_dir
@@ -244,8 +244,6 @@ def checked_step(
         ) from None
 
 
-def iterations_per_epoch(dataset: Dataset, batch_size: int) -> int:
-    """Full batches per epoch (the last partial batch is dropped); an error when there is not even one."""
 def progress_postfix(record: dict[str, float]) -> dict[str, str]:
     """The loss and, where there are targets (not in feature distillation), the teacher's entropy H."""
     shown = {"loss": f"{record['loss']:.3f}"}
@@ -254,6 +252,8 @@ def progress_postfix(record: dict[str, float]) -> dict[str, str]:
     return shown
 
 
+def iterations_per_epoch(dataset: Dataset, batch_size: int) -> int:
+    """Full batches per epoch (the last partial batch is dropped); an error when there is not even one."""
     iterations = batches_per_epoch(dataset, batch_size)
     if iterations == 0:
         raise ValueError(
