@@ -46,6 +46,10 @@ class ModelConfig:
     # ResNet students: imagenet (7x7 stride-2 conv + max-pool, output stride 32) | small (3x3 stride-1 conv, no
     # max-pool, output stride 8: for images of a few dozen pixels); ViTs ignore it
     resnet_stem: str = "imagenet"
+    # continued pretraining: the student and teacher backbones start from this file or run dir (anything
+    # dinolab.hub.load_backbone reads); the architecture is the file's (keys above left at their defaults take
+    # its values, others must agree with it). See docs/adapt.md
+    init: str = ""
 
 
 @dataclass
@@ -110,6 +114,9 @@ class LossConfig:
     ibot_teacher_temp: float = 0.07  # iBOT's own teacher temperature schedule for patch targets
     ibot_warmup_teacher_temp: float = 0.04
     koleo_weight: float = 0.0  # DINOv2: 0.1
+    # guards against forgetting when continuing from model.init, both against the frozen initial backbone:
+    gram_weight: float = 0.0  # DINOv3's Gram anchoring: patch-similarity structure of the global crops (losses/gram.py)
+    anchor_weight: float = 0.0  # feature distillation: 1 - cosine to its [CLS] and patch features (losses/anchor.py)
 
 
 @dataclass
@@ -130,6 +137,8 @@ class OptimConfig:
     lr_scaling: str = "linear"  # linear: lr * batch/256 (DINO, iBOT) | sqrt: lr * sqrt(batch/1024) (DINOv2)
     layer_decay: float = 1.0  # layer-wise lr decay: block i of n gets lr * decay**(n - i) (DINOv2: 0.9)
     patch_embed_lr_mult: float = 1.0  # extra lr factor for the patch embedding (DINOv2: 0.2)
+    # with model.init: the student's backbone gets no update for this many iterations while the heads warm up
+    freeze_backbone_iterations: int = 0
 
 
 @dataclass
@@ -168,6 +177,9 @@ class EvalConfig:
     knn_every: int = 0  # iterations between k-NN checks during training (logged as knn_top1); 0 = off
     knn_monitor_train: int = 10000  # the check uses the first images of the train / test splits
     knn_monitor_test: int = 2000
+    # a second labeled domain the k-NN check also scores (logged as knn_reference_top1), to see forgetting
+    # when adapting: a folder with train/ and test/ class folders, or fmnist / fmnist:DIR (Fashion-MNIST)
+    reference_data: str = ""
 
 
 @dataclass
@@ -451,7 +463,7 @@ def validate(cfg: Config) -> None:
         (cfg.eval.knn_monitor_train >= 20 and cfg.eval.knn_monitor_test >= 1, "eval.knn_monitor_train/test",
          "need >= 20 train and >= 1 test images"),
     ]
-    checks += _recipe_checks(cfg) + _feature_distill_checks(cfg)
+    checks += _recipe_checks(cfg) + _feature_distill_checks(cfg) + _adapt_checks(cfg)
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"{key}: {why}")
@@ -544,6 +556,26 @@ def _feature_distill_checks(cfg: Config) -> list[tuple[bool, str, str]]:
         (d.cls_weight >= 0 and d.patch_weight >= 0 and d.cls_weight + d.patch_weight > 0, "distill.cls_weight",
          "distill.cls_weight and distill.patch_weight must be >= 0, not both 0"),
         (d.similarity_temp > 0, "distill.similarity_temp", "must be positive"),
+    ]
+
+
+def _adapt_checks(cfg: Config) -> list[tuple[bool, str, str]]:
+    """Continued pretraining from model.init: the warm-up and the guards need an initial model."""
+    init, loss = bool(cfg.model.init), cfg.loss
+    return [
+        (cfg.optim.freeze_backbone_iterations >= 0, "optim.freeze_backbone_iterations", "must be >= 0 (0 = off)"),
+        (init or cfg.optim.freeze_backbone_iterations == 0, "optim.freeze_backbone_iterations",
+         "warms up heads on a pretrained backbone: set model.init=FILE, or set it to 0"),
+        (loss.gram_weight >= 0 and loss.anchor_weight >= 0, "loss.gram_weight/anchor_weight", "must be >= 0"),
+        (init or loss.gram_weight == 0, "loss.gram_weight",
+         "anchors to the initial model of model.init: set model.init=FILE, or set it to 0"),
+        (init or loss.anchor_weight == 0, "loss.anchor_weight",
+         "anchors to the initial model of model.init: set model.init=FILE, or set it to 0"),
+        (not cfg.eval.reference_data or cfg.eval.knn_every > 0, "eval.reference_data",
+         "is scored by the in-training k-NN check: set eval.knn_every > 0"),
+        (not (init and cfg.distill.teacher), "model.init",
+         "feature distillation (distill.teacher) trains its student from scratch and does not read model.init: "
+         "set one of them to ''"),
     ]
 
 

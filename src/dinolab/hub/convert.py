@@ -72,6 +72,23 @@ def to_dinolab(state: dict[str, Tensor]) -> Converted:
     return Converted(state, layout, dropped)
 
 
+# head prefixes of training checkpoints -> dinolab's MultiCropWrapper attribute: DINO's and dinolab's `head.`,
+# DINOv2's `dino_head.`, dinolab's and DINOv2's iBOT patch heads (their key names inside match dinolab's DINOHead)
+HEAD_ATTRIBUTES = {"head.": "head", "dino_head.": "head", "patch_head.": "patch_head", "ibot_head.": "patch_head"}
+
+
+def heads_of(state: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """The DINO / iBOT heads stored next to a backbone in a training checkpoint, by MultiCropWrapper attribute
+    ('head', 'patch_head'), each a state dict in DINOHead's names; {} when the file holds a backbone only."""
+    heads: dict[str, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        key = _strip_wrappers(key)
+        for prefix, attribute in HEAD_ATTRIBUTES.items():
+            if key.startswith(prefix):
+                heads.setdefault(attribute, {})[key.removeprefix(prefix)] = value
+    return heads
+
+
 def _from_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
     out = {}
     for key, value in state.items():

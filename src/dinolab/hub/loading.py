@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from dinolab.config import Config, from_dict
-from dinolab.hub.convert import from_dinolab, to_dinolab
+from dinolab.hub.convert import from_dinolab, heads_of, to_dinolab
 from dinolab.hub.specs import MODEL_SPECS, ModelSpec
 from dinolab.io import (
     CheckpointError,
@@ -212,6 +212,15 @@ def _load(
     return model.eval(), obj
 
 
+def load_backbone_with_heads(source: str | Path) -> tuple[VisionTransformer, dict[str, dict[str, Tensor]]]:
+    """`load_backbone(source)` (architecture from the file), and the DINO / iBOT heads the file keeps next to
+    that backbone (a dinolab run's EMA teacher, DINO's and DINOv2's full training checkpoints), by
+    MultiCropWrapper attribute ('head', 'patch_head'); {} for released backbone-only files."""
+    model, obj = _load(source, None, None)
+    state, _ = backbone_state(obj, str(source))
+    return model, heads_of(state)
+
+
 @dataclass
 class LoadedModel:
     """A backbone and the config that describes its input: the training config of a dinolab checkpoint,
@@ -264,3 +273,4 @@ def save_backbone(model: VisionTransformer, path: str | Path, layout: str = "din
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={ARCH_METADATA_KEY: json.dumps(vit_kwargs_of(model)), "layout": layout})
     return path
+

@@ -65,6 +65,9 @@ class CropOutputs:
     cls_tokens: Tensor  # (n_crops*B, D) the backbone's normalized [CLS] tokens (KoLeo uses them)
     cls_logits: Tensor  # (n_crops*B, K) the [CLS] head's output, crops stacked view by view
     patch_logits: Tensor | None  # (M, K_patch) the patch head's output for the M scored patches, if asked
+    # (NUM_GLOBAL_CROPS*B, patches, D) the backbone's normalized patch tokens of the global crops, if asked
+    # (the anchoring losses of continued pretraining compare them with the initial model's)
+    patch_tokens: Tensor | None = None
 
 
 class MultiCropWrapper(nn.Module):
@@ -79,13 +82,16 @@ class MultiCropWrapper(nn.Module):
         self.shared_head = shared_head
 
     def forward(
-        self, crops: list[Tensor], scored_patches: Tensor | None = None, hide_scored: bool = False
+        self, crops: list[Tensor], scored_patches: Tensor | None = None, hide_scored: bool = False,
+        global_patch_tokens: bool = False,
     ) -> CropOutputs:
         """`scored_patches`: (NUM_GLOBAL_CROPS*B, patches) bool over the global crops, the patches the iBOT
         loss reads; their logits come back in `patch_logits`. `hide_scored`: the backbone sees those
         patches replaced by the mask token (the student under iBOT's masks); False: it sees the crops
-        whole (the teacher, and distillation, which scores every patch of unmasked crops)."""
-        n_global = NUM_GLOBAL_CROPS if scored_patches is not None else len(crops)  # patches refer to that group
+        whole (the teacher, and distillation, which scores every patch of unmasked crops).
+        `global_patch_tokens`: also return the global crops' patch tokens (`patch_tokens`)."""
+        dense = scored_patches is not None or global_patch_tokens  # the global crops' patch tokens are needed
+        n_global = NUM_GLOBAL_CROPS if dense else len(crops)  # patches refer to that group
         groups, start = [], 0
         while start < len(crops):
             end = start + 1
@@ -93,14 +99,18 @@ class MultiCropWrapper(nn.Module):
                 end += 1
             groups.append(torch.cat(crops[start:end]))
             start = end
-        cls_tokens, patch_logits = [], None
+        cls_tokens, patch_logits, patch_tokens = [], None, None
         for i, x in enumerate(groups):
-            if i == 0 and scored_patches is not None:
-                out = self.backbone.forward_features(x, scored_patches if hide_scored else None)
-                patch_head = self.head if self.shared_head else self.patch_head
-                patch_logits = patch_head(out["x_norm_patchtokens"][scored_patches])
+            if i == 0 and dense:
+                hidden = scored_patches if hide_scored else None
+                out = self.backbone.forward_features(x, hidden)
+                if scored_patches is not None:
+                    patch_head = self.head if self.shared_head else self.patch_head
+                    patch_logits = patch_head(out["x_norm_patchtokens"][scored_patches])
+                if global_patch_tokens:
+                    patch_tokens = out["x_norm_patchtokens"]
                 cls_tokens.append(out["x_norm_clstoken"])
             else:
                 cls_tokens.append(self.backbone(x))
         cls = torch.cat(cls_tokens)
-        return CropOutputs(cls, self.head(cls), patch_logits)
+        return CropOutputs(cls, self.head(cls), patch_logits, patch_tokens)

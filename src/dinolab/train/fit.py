@@ -38,6 +38,7 @@ from dinolab.io import LATEST, read_training_checkpoint
 from dinolab.models.vit import VisionTransformer
 from dinolab.progress import progress
 from dinolab.progress import write as write_line
+from dinolab.train.adapt import resolve_init
 from dinolab.train.checkpointing import Checkpointing
 from dinolab.train.feature_distill import FeatureDistiller
 from dinolab.train.monitor import TrainingMonitor
@@ -70,6 +71,7 @@ def fit(
     """
     world = world_from_environment()
     cfg = resolve_from_images(cfg, quiet=quiet or not world.is_main)  # data.auto (small_images): measure the folder
+    cfg = resolve_init(cfg)[0]  # model.init (continued pretraining): the architecture is the file's
     run_dir, runtime = prepare_run(cfg, world), resolve_runtime(cfg, world)
     init_process_group(world, runtime.device.type, cfg.train.collective_timeout_minutes)
     dataset = build_dataset(cfg.data, cfg.model.in_chans)

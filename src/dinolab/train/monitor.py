@@ -7,6 +7,7 @@ is not learning: collapse, targets that stay near uniform, a k-NN below the same
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -17,9 +18,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
-from dinolab.config import Config
+from dinolab.config import Config, ConfigError
 from dinolab.data.loader import build_eval_dataset
 from dinolab.device import Runtime
 from dinolab.distributed import ONE_PROCESS, World, all_gather_object, all_reduce_int, all_reduce_mean
@@ -72,9 +73,16 @@ class KNNMonitor:
     world-size-th image and the features are gathered: the check costs 1/world of its one-process time.
     Where only rank 0 holds it (FSDP gathers the teacher there), rank 0 extracts them all."""
 
-    def __init__(self, cfg: Config, runtime: Runtime, world: World = ONE_PROCESS):
-        train = build_eval_dataset(cfg.data, cfg.model.in_chans, "train", cfg.data.path)
-        test = build_eval_dataset(cfg.data, cfg.model.in_chans, "test", cfg.eval.test_path, classes=train.classes)
+    def __init__(
+        self, cfg: Config, runtime: Runtime, world: World = ONE_PROCESS, domain: tuple[Dataset, Dataset] | None = None
+    ):
+        """`domain`: the (train, test) labeled images to score on; default the training domain (data.path and
+        eval.test_path), else e.g. the reference domain of `reference_domain`."""
+        if domain is None:
+            train = build_eval_dataset(cfg.data, cfg.model.in_chans, "train", cfg.data.path)
+            domain = train, build_eval_dataset(cfg.data, cfg.model.in_chans, "test", cfg.eval.test_path,
+                                               classes=train.classes)
+        train, test = domain
         self.train = Subset(train, range(min(cfg.eval.knn_monitor_train, len(train))))
         self.test = Subset(test, range(min(cfg.eval.knn_monitor_test, len(test))))
         self.cfg, self.runtime, self.world = cfg, runtime, world
@@ -111,6 +119,22 @@ class KNNMonitor:
         return self._random_init
 
 
+def reference_domain(cfg: Config) -> tuple[Dataset, Dataset]:
+    """The (train, test) images of `eval.reference_data`: `fmnist` or `fmnist:DIR` (Fashion-MNIST's two splits), or
+    a folder holding train/ and test/ class folders, read like data.path (resized to the global crop size)."""
+    source, in_chans = cfg.eval.reference_data, cfg.model.in_chans
+    if source == "fmnist" or source.startswith("fmnist:"):
+        data = dataclasses.replace(cfg.data, dataset="fmnist", path=source.removeprefix("fmnist").removeprefix(":"))
+        return build_eval_dataset(data, in_chans, "train"), build_eval_dataset(data, in_chans, "test")
+    root = Path(source).expanduser()
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
+        raise ConfigError(f"eval.reference_data: {root} must be a folder with train/ and test/ folders of class "
+                          "folders (or fmnist / fmnist:DIR for Fashion-MNIST)")
+    data = dataclasses.replace(cfg.data, dataset="folder")
+    train = build_eval_dataset(data, in_chans, "train", root / "train")
+    return train, build_eval_dataset(data, in_chans, "test", root / "test", classes=train.classes)
+
+
 class TrainingMonitor:
     """Per-iteration bookkeeping of `fit`: which steps are logged, img/s over the window since the last log
     line, the k-NN check (every `eval.knn_every` iterations and at epoch ends) and collapse warnings.
@@ -125,6 +149,10 @@ class TrainingMonitor:
         self.cfg, self.iters_per_epoch, self.world = cfg, iters_per_epoch, world
         self.metrics = MetricsLog(run_dir, start_iteration=start_iteration) if world.is_main else None
         self.knn = KNNMonitor(cfg, runtime, world) if cfg.eval.knn_every else None
+        # forgetting, when adapting a pretrained model (eval.reference_data): the same check on the old domain
+        self.reference_knn = (
+            KNNMonitor(cfg, runtime, world, reference_domain(cfg)) if self.knn and cfg.eval.reference_data else None
+        )
         self.last: dict[str, float] = {}
         # the warnings below look only at steps after the lr warm-up: before it nothing has been learned yet
         self.warmup_iterations = max(round(cfg.optim.warmup_epochs * iters_per_epoch), 1)
@@ -166,6 +194,8 @@ class TrainingMonitor:
             model = evaluated()
             record["knn_top1"] = self.knn(model)
             record["knn_random_init"] = self.knn.random_init(model)
+            if self.reference_knn is not None:
+                record["knn_reference_top1"] = self.reference_knn(model)
         if not self.world.is_main:
             return record
         self.metrics.write(record)

@@ -40,6 +40,7 @@ def write_report(
             + "".join(f", {name} {last[key]:.3f}" for key, name in REPORTED_TERMS if key in last),
             f"- mean throughput: {mean_speed:.1f} img/s",
         ]
+        lines += knn_lines(records)
     curves = save_curves(run_dir, per_quantity=False)
     if curves:
         lines += ["", f"![training curves]({curves[0].name})"]
@@ -48,3 +49,16 @@ def write_report(
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def knn_lines(records: list[dict]) -> list[str]:
+    """The first and last in-training k-NN checks, on the training domain and (eval.reference_data) on the
+    reference domain: with a pretrained start (model.init) the second shows how much of the old domain is kept."""
+    lines = []
+    for key, domain in (("knn_top1", "training domain"), ("knn_reference_top1", "reference domain")):
+        checks = [(r["iteration"], r[key]) for r in records if r.get(key) is not None]
+        if checks:
+            (first_at, first), (last_at, last) = checks[0], checks[-1]
+            lines.append(f"- k-NN top-1 (k=20), {domain}: {first:.2f}% at iteration {first_at} -> {last:.2f}% at "
+                         f"iteration {last_at}")
+    return lines

@@ -38,6 +38,7 @@ class StepSchedule:
     teacher_temp: float
     ibot_teacher_temp: float = 0.07
     train_last_layer: bool = True  # False while the prototypes are kept fixed (first epoch of DINO)
+    train_backbone: bool = True  # False while the heads warm up on a frozen backbone (optim.freeze_backbone_iterations)
 
 
 class Schedules:
@@ -57,6 +58,7 @@ class Schedules:
             loss.ibot_warmup_teacher_temp, loss.ibot_teacher_temp, loss.warmup_teacher_temp_epochs, o.epochs
         )
         self.freeze_last_layer_iters = round(o.freeze_last_layer_epochs * iters_per_epoch)
+        self.freeze_backbone_iters = o.freeze_backbone_iterations
 
     def at(self, iteration: int) -> StepSchedule:
         epoch = iteration // self.iters_per_epoch
@@ -64,4 +66,5 @@ class Schedules:
             float(self.lr[iteration]), float(self.wd[iteration]), float(self.momentum[iteration]),
             float(self.teacher_temp[epoch]), float(self.ibot_teacher_temp[epoch]),
             train_last_layer=iteration >= self.freeze_last_layer_iters,
+            train_backbone=iteration >= self.freeze_backbone_iters,
         )

@@ -19,12 +19,15 @@ from dinolab.config import NUM_GLOBAL_CROPS, Config
 from dinolab.device import Runtime
 from dinolab.distributed import ONE_PROCESS, World
 from dinolab.io import CheckpointError, backbone_weights, check_state_fits
+from dinolab.losses.anchor import feature_anchor_loss
 from dinolab.losses.dino import DINOLoss
+from dinolab.losses.gram import gram_loss
 from dinolab.losses.ibot import IBOTPatchLoss
 from dinolab.losses.koleo import koleo_loss
 from dinolab.models.build import build_backbone, build_student_teacher
 from dinolab.models.heads import CropOutputs
 from dinolab.models.vit import VisionTransformer
+from dinolab.train.adapt import BackboneFreeze, resolve_init
 from dinolab.train.distill import load_distillation_teacher
 from dinolab.train.ema import EMATeacher
 from dinolab.train.highres import resize_position_embeddings
@@ -45,11 +48,22 @@ class Trainer:
     `target_model`, a frozen trained model, does. In a multi-process run the student runs under DDP (which
     averages the gradients over the ranks) or, with student and teacher, sharded by FSDP2 (train/parallel.py);
     either way every rank holds the same EMA teacher (or its shard).
+
+    With `model.init` (continued pretraining, train/adapt.py) student and teacher start from that backbone, the
+    student's backbone can be frozen for a head warm-up, and `anchor`, the frozen initial backbone, is kept for the
+    Gram / feature anchoring losses when they are on.
     """
 
     def __init__(self, cfg: Config, runtime: Runtime, world: World = ONE_PROCESS):
         self.cfg, self.runtime = cfg, runtime
         self.student, self.teacher = build_student_teacher(cfg)
+        c, h = cfg.loss, cfg.head
+        self.anchor: VisionTransformer | None = None
+        if cfg.model.init:
+            initial = resolve_init(cfg)[1]  # the file again (fit read it for the architecture only)
+            initial.start(self.student, self.teacher)
+            if c.gram_weight > 0 or c.anchor_weight > 0:
+                self.anchor = initial.anchor(cfg).to(runtime.device)
         self.student.backbone.activation_checkpointing = cfg.train.activation_checkpointing
         self.student.to(runtime.device).train()
         self.teacher.to(runtime.device)
@@ -62,14 +76,14 @@ class Trainer:
             self.student_forward = torch.compile(self.student_forward)
             self.target_model = torch.compile(self.target_model)
         self.ema = EMATeacher(self.teacher, self.student)
-        c, h = cfg.loss, cfg.head
         centering = dict(centering=c.centering, sinkhorn_iterations=c.sinkhorn_iterations)
         self.dino_loss = DINOLoss(h.out_dim, c.student_temp, c.center_momentum, **centering).to(runtime.device)
         self.ibot_loss = (
             IBOTPatchLoss(h.patch_out_dim, c.student_temp, c.center_momentum, **centering).to(runtime.device)
             if c.ibot_weight > 0 else None
         )
-        self.weights = {"dino": c.dino_weight, "ibot": c.ibot_weight, "koleo": c.koleo_weight}
+        self.weights = {"dino": c.dino_weight, "ibot": c.ibot_weight, "koleo": c.koleo_weight,
+                        "gram": c.gram_weight, "anchor": c.anchor_weight}
         self.optimizer = make_optimizer(self.student, cfg.optim, runtime)
         self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.precision == "fp16")
         self.last_layers = [
@@ -77,6 +91,10 @@ class Trainer:
         ]
         self.clip_grad = cfg.optim.clip_grad
         self.clipped_together = clip_groups(self.student, cfg.optim.clip_mode)
+        self.backbone_freeze = (  # after `distribute`: under FSDP its parameters are the sharded ones
+            BackboneFreeze(self.student.backbone, by_requires_grad=self.parallel == "none")
+            if cfg.optim.freeze_backbone_iterations else None
+        )
 
     def step(
         self,
@@ -89,6 +107,10 @@ class Trainer:
         the weighted losses, AdamW step, EMA update. Returns the total loss and the per-loss and collapse
         statistics. Each part runs inside `phase(name)`: profiler labels by default; benchmarks pass timers."""
         set_lr_and_wd(self.optimizer, schedule.lr, schedule.weight_decay)
+        if self.backbone_freeze is not None:
+            self.backbone_freeze.set(frozen=not schedule.train_backbone)
+        # the anchoring losses are 0 with no gradient while the backbone is frozen: skip them then
+        anchored = self.anchor is not None and schedule.train_backbone
         crops = [c.to(self.runtime.device, non_blocking=True) for c in crops]
         hide_scored = masks is not None
         if masks is not None:
@@ -100,12 +122,13 @@ class Trainer:
         with self.runtime.autocast():
             with torch.no_grad(), phase("teacher_forward"):
                 teacher_out = self.target_model(crops[:NUM_GLOBAL_CROPS], scored)
+                anchor_out = self.anchor.forward_features(torch.cat(crops[:NUM_GLOBAL_CROPS])) if anchored else None
             if self.parallel == "fsdp":  # the root unit stays gathered after a forward; the EMA updates the shards
                 self.teacher.reshard()
             with phase("student_forward"):
-                student_out = self.student_forward(crops, scored, hide_scored=hide_scored)
+                student_out = self.student_forward(crops, scored, hide_scored=hide_scored, global_patch_tokens=anchored)
         with phase("loss"):
-            loss, stats = self._losses(student_out, teacher_out, scored, schedule)
+            loss, stats = self._losses(student_out, teacher_out, scored, schedule, anchor_out)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()}")
         with phase("backward"):
@@ -114,6 +137,8 @@ class Trainer:
         if not schedule.train_last_layer:  # DINO keeps the prototypes fixed at first, for stability
             for p in self.last_layers:
                 p.grad = None
+        if self.backbone_freeze is not None:
+            self.backbone_freeze.drop_gradients()
         with phase("clip"):
             if self.clip_grad:
                 self.scaler.unscale_(self.optimizer)
@@ -144,7 +169,8 @@ class Trainer:
         return torch.ones(NUM_GLOBAL_CROPS * b, (h // patch) * (w // patch), dtype=torch.bool, device=crops[0].device)
 
     def _losses(
-        self, student: CropOutputs, teacher: CropOutputs, scored: Tensor | None, schedule: StepSchedule
+        self, student: CropOutputs, teacher: CropOutputs, scored: Tensor | None, schedule: StepSchedule,
+        anchor: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         dino, stats = self.dino_loss(student.cls_logits, teacher.cls_logits, schedule.teacher_temp)
         loss = self.weights["dino"] * dino
@@ -159,6 +185,17 @@ class Trainer:
             koleo = sum(koleo_loss(view) for view in global_cls)
             loss = loss + self.weights["koleo"] * koleo
             stats["koleo_loss"] = koleo.detach()
+        if anchor is not None:  # continued pretraining: stay close to the initial backbone on the global crops
+            patches = anchor["x_norm_patchtokens"]
+            if self.weights["gram"] > 0:
+                gram = gram_loss(student.patch_tokens, patches)
+                loss = loss + self.weights["gram"] * gram
+                stats["gram_loss"] = gram.detach()
+            if self.weights["anchor"] > 0:
+                global_cls = student.cls_tokens[: len(patches)]
+                anchored = feature_anchor_loss(global_cls, student.patch_tokens, anchor["x_norm_clstoken"], patches)
+                loss = loss + self.weights["anchor"] * anchored
+                stats["anchor_loss"] = anchored.detach()
         return loss, stats
 
     def state_dict(self) -> dict[str, Any]:

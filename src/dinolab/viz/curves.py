@@ -17,11 +17,14 @@ CURVES = {
     "loss": "loss",
     "ibot_loss": "iBOT patch loss",
     "koleo_loss": "KoLeo loss",
+    "gram_loss": "Gram anchoring loss",
+    "anchor_loss": "feature anchoring loss",
     "lr": "learning rate",
     "teacher_temp": "teacher temperature",
     "teacher_entropy": "teacher entropy (nats)",
     "kl": "KL(teacher || student)",
     "knn_top1": "k-NN top-1",
+    "knn_reference_top1": "k-NN top-1, reference domain",
 }
 SUMMARY_NAME = "training_curves.png"
 
