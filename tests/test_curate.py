@@ -30,10 +30,12 @@ from dinolab.curate import (
 from dinolab.data import ImageList, build_dataset
 from dinolab.data.stats import measure_images
 from dinolab.hub import dinov2_vits14, save_backbone
+from dinolab.hub.export import MissingExtraError
 from dinolab.train import fit
 
-BACKENDS = ["exact", pytest.param("faiss", marks=pytest.mark.skipif(
-    not search_module.faiss_available(), reason="faiss-cpu not installed"))]
+needs_faiss = pytest.mark.skipif(not search_module.faiss_available(),
+                                 reason="faiss-cpu not installed (pip install 'dinolab[faiss]')")
+BACKENDS = ["exact", pytest.param("faiss", marks=needs_faiss)]
 
 
 def unit_rows(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -255,23 +257,60 @@ def test_cli_bad_input_is_a_one_line_error(case: str, message: str, pool: Path, 
     assert err.startswith("dinolab: error:") and message in err and "Traceback" not in err
 
 
-def test_missing_faiss_still_searches_exactly_with_a_hint_for_large_pools(
+def test_missing_faiss_still_searches_exactly_with_a_hint_then_an_error_for_large_pools(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(search_module, "faiss_available", lambda: False)
     x = unit_rows(60)
-    assert search_module.choose_backend("auto", len(x)) == "exact" and not caplog.records
+    assert search_module.choose_index("auto", len(x)) == "exact" and not caplog.records
     assert len(knn(x, x, 2)[1]) == 60
     monkeypatch.setattr(search_module, "FAISS_MIN_BASE", 50)
-    assert search_module.choose_backend("auto", len(x)) == "exact"
+    assert search_module.choose_index("auto", len(x)) == "exact"
     assert "pip install 'dinolab[faiss]'" in caplog.text
+    monkeypatch.setattr(search_module, "IVF_MIN_BASE", 60)  # where exact search would take hours
+    with pytest.raises(MissingExtraError, match=r"pip install 'dinolab\[faiss\]', or insist with --search exact"):
+        search_module.choose_index("auto", len(x))
+    assert search_module.choose_index("exact", len(x)) == "exact"
+    with pytest.raises(MissingExtraError, match="--search ivf needs faiss"):
+        search_module.choose_index("ivf", len(x))
 
 
-@pytest.mark.skipif(not search_module.faiss_available(), reason="faiss-cpu not installed")
-def test_auto_search_takes_faiss_from_the_size_threshold_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    x = unit_rows(60)
-    assert search_module.choose_backend("auto", len(x)) == "exact"
-    monkeypatch.setattr(search_module, "FAISS_MIN_BASE", 50)
-    assert search_module.choose_backend("auto", len(x)) == "faiss"
+@needs_faiss
+def test_the_index_follows_the_pool_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("FAISS_MIN_BASE", 100), ("IVF_MIN_BASE", 1000), ("IVFPQ_MIN_BASE", 20_000)):
+        monkeypatch.setattr(search_module, name, value)
+    choose = search_module.choose_index
+    assert [choose("auto", n) for n in (99, 100, 999, 1000, 19_999, 20_000)] == [
+        "exact", "flat", "flat", "ivf", "ivf", "ivfpq"]
+    assert choose("faiss", 10) == "flat" and choose("ivf", 10) == "ivf"
+    assert choose("ivfpq", 5000) == "ivf"  # too few vectors to train PQ's codebooks
+    assert search_module.ivf_lists(1_000_000) == 4000 and search_module.ivf_lists(100) == 2
+    assert search_module.pq_subvectors(384) == 96 and search_module.pq_subvectors(30) == 6
+
+
+def clustered_rows(n: int, dim: int = 16, centers: int = 100, seed: int = 0) -> np.ndarray:
+    """Unit rows around `centers` random directions: the structure real embeddings have and IVF relies on."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((centers, dim))
+    return normalized(means[rng.integers(0, centers, n)] + 0.5 * rng.standard_normal((n, dim)))
+
+
+@needs_faiss
+@pytest.mark.parametrize(("kind", "min_recall"), [("ivf", 0.95), ("ivfpq", 0.9)])
+def test_approximate_indexes_find_most_true_neighbours_with_exact_similarities(kind: str, min_recall: float) -> None:
+    base, queries = clustered_rows(10_000), clustered_rows(300, seed=1)
+    k = 10
+    exact_sims, exact_idx = knn(queries, base, k, "exact")
+    sims, idx = knn(queries, base, k, kind)  # nprobe 32 of 256 lists
+    recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(idx.tolist(), exact_idx.tolist(), strict=True)])
+    assert recall >= min_recall, recall
+    found = idx >= 0
+    np.testing.assert_allclose(sims[found], np.einsum("qd,qkd->qk", queries, base[np.maximum(idx, 0)])[found],
+                               atol=1e-5)  # what is reported is the true similarity (re-scored for PQ)
+    assert (np.diff(sims, axis=1) <= 1e-6).all() and (sims[:, 0] <= exact_sims[:, 0] + 1e-5).all()
+    if kind == "ivf":  # nprobe trades time for recall (the same lists for IVF-PQ, which takes longer to build)
+        low = knn(queries, base, k, kind, nprobe=1)[1]
+        assert np.mean([len(set(a) & set(b)) / k for a, b in zip(low.tolist(), exact_idx.tolist(),
+                                                                 strict=True)]) < recall
 
 
 # ---------------------------------------------------------------- the file list trains

@@ -527,7 +527,7 @@ def _curate(args: argparse.Namespace) -> None:
         exclude_threshold=args.exclude_threshold, retrieve=args.retrieve,
         neighbors=args.neighbors, retrieval_clusters=args.retrieval_clusters, per_cluster=args.per_cluster,
         balance=args.balance, clusters=tuple(args.clusters), target=args.target, search=args.search,
-        random_seed=args.random_seed,
+        nprobe=args.nprobe, random_seed=args.random_seed,
     )
     report = curate(args.pool, args.out, args.checkpoint, args.seed, args.exclude or (), settings, args.image_size,
                     args.batch_size, resolve(args.device, args.precision), args.arch, args.entry, args.quiet,
@@ -574,8 +574,11 @@ def add_curate_parser(sub: argparse._SubParsersAction) -> None:
     curate.add_argument("--clusters", type=_cluster_counts, default=[1000, 100],
                         help="balance: clusters per level, finest first (default 1000,100)")
     curate.add_argument("--target", type=int, help="balance: images to keep")
-    curate.add_argument("--search", default="auto", choices=["auto", "exact", "faiss"],
-                        help="exact (torch) or faiss; auto: faiss from 50000 images on when installed")
+    curate.add_argument("--search", default="auto", choices=["auto", "exact", "faiss", "flat", "ivf", "ivfpq"],
+                        help="auto: exact (torch) below 50000 images, then faiss flat (exact), IVF from 200000, "
+                             "IVF-PQ from 10M; faiss: the same index choice at any size; flat/ivf/ivfpq: that index")
+    curate.add_argument("--nprobe", type=int, default=32,
+                        help="IVF indexes: inverted lists searched per query (higher: slower, better recall)")
     curate.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's training size")
     curate.add_argument("--batch-size", type=int, default=64)
     curate.add_argument("--random-seed", type=int, default=0, help="k-means and sampling")

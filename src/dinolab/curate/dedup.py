@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinolab.curate.search import knn
+from dinolab.curate.search import NPROBE, knn
 
 DEFAULT_THRESHOLD = 0.95
 NEIGHBORS = 32
@@ -45,20 +45,21 @@ def _components(n: int, pairs: np.ndarray) -> np.ndarray:
     return np.array([root(i) for i in range(n)])
 
 
-def duplicate_pairs(x: np.ndarray, threshold: float, neighbors: int = NEIGHBORS, backend: str = "auto") -> np.ndarray:
+def duplicate_pairs(x: np.ndarray, threshold: float, neighbors: int = NEIGHBORS, backend: str = "auto",
+                    nprobe: int = NPROBE) -> np.ndarray:
     """(P, 2) row pairs (i, j), i != j, where j is among i's `neighbors` nearest rows with similarity >= threshold."""
-    sims, idx = knn(x, x, neighbors + 1, backend)  # + 1: a row is (one of) its own nearest
+    sims, idx = knn(x, x, neighbors + 1, backend, nprobe=nprobe)  # + 1: a row is (one of) its own nearest
     rows = np.broadcast_to(np.arange(len(x))[:, None], idx.shape)
     linked = (sims >= threshold) & (idx != rows)
     return np.stack((rows[linked], idx[linked]), 1)
 
 
 def deduplicate(x: np.ndarray, threshold: float = DEFAULT_THRESHOLD, neighbors: int = NEIGHBORS,
-                backend: str = "auto") -> Dedup:
+                backend: str = "auto", nprobe: int = NPROBE) -> Dedup:
     """Near-duplicate groups of the rows of `x` (L2-normalized) and the rows to keep, one per group."""
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"a cosine-similarity threshold lies in [-1, 1], got {threshold}")
-    labels = _components(len(x), duplicate_pairs(x, threshold, neighbors, backend))
+    labels = _components(len(x), duplicate_pairs(x, threshold, neighbors, backend, nprobe))
     keep = np.flatnonzero(labels == np.arange(len(x)))
     members: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
@@ -67,8 +68,8 @@ def deduplicate(x: np.ndarray, threshold: float = DEFAULT_THRESHOLD, neighbors: 
 
 
 def too_close(pool: np.ndarray, reference: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
-              backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+              backend: str = "auto", nprobe: int = NPROBE) -> tuple[np.ndarray, np.ndarray]:
     """(mask of pool rows whose most similar reference row has cosine similarity >= threshold, index of
     that reference row for each pool row). Both inputs L2-normalized."""
-    sims, idx = knn(pool, reference, 1, backend)
+    sims, idx = knn(pool, reference, 1, backend, nprobe=nprobe)
     return sims[:, 0] >= threshold, idx[:, 0]

@@ -23,7 +23,7 @@ import numpy as np
 from dinolab.curate.balance import balanced_sample, hierarchical_kmeans
 from dinolab.curate.dedup import DEFAULT_THRESHOLD, NEIGHBORS, deduplicate, too_close
 from dinolab.curate.retrieve import PER_IMAGE_MIN_SEEDS, retrieve_clusters, retrieve_per_image
-from dinolab.curate.search import normalized
+from dinolab.curate.search import NPROBE, normalized
 from dinolab.data.datasets import ImageFolder
 from dinolab.device import Runtime
 from dinolab.hub import LoadedModel, load_model
@@ -49,7 +49,8 @@ class CurateSettings:
     balance: str | None = None  # 'kmeans': hierarchical k-means balancing to `target`
     clusters: tuple[int, ...] = (1000, 100)  # balance: cluster counts, finest level first
     target: int | None = None
-    search: str = "auto"  # 'exact', 'faiss', or 'auto' (faiss for large pools when installed)
+    search: str = "auto"  # 'auto' (index by pool size), 'exact', 'faiss', 'flat', 'ivf', 'ivfpq': see curate.search
+    nprobe: int = NPROBE  # inverted lists an IVF search visits per query
     random_seed: int = 0
 
     def check(self, has_seed: bool) -> None:
@@ -65,6 +66,8 @@ class CurateSettings:
         if list(self.clusters) != sorted(set(self.clusters), reverse=True) or min(self.clusters) < 1:
             raise ValueError(f"--clusters go from the finest level to the coarsest, each one smaller, e.g. "
                              f"1000,100; got {','.join(map(str, self.clusters))}")
+        if self.nprobe < 1:
+            raise ValueError(f"--nprobe must be at least 1 inverted list, got {self.nprobe}")
         if self.retrieve != "auto" and not has_seed:
             raise ValueError(f"--retrieve {self.retrieve} retrieves with a seed set: pass --seed FOLDER")
 
@@ -178,7 +181,7 @@ def _deduplicate(data: Embedded, settings: CurateSettings, report: CurateReport,
     started = time.perf_counter()
     log.info("deduplicating %d images: cosine >= %g among each one's %d nearest", len(data.paths),
              settings.dedup_threshold, settings.dedup_neighbors)
-    dedup = deduplicate(data.x, settings.dedup_threshold, settings.dedup_neighbors, settings.search)
+    dedup = deduplicate(data.x, settings.dedup_threshold, settings.dedup_neighbors, settings.search, settings.nprobe)
     report.duplicate_groups = len(dedup.groups)
     report.duplicate_examples = [[data.paths[i] for i in g] for g in dedup.groups[:EXAMPLES]]
     atomic_write_text("".join("\t".join(data.paths[i] for i in g) + "\n" for g in dedup.groups), groups_file)
@@ -190,7 +193,7 @@ def _decontaminate(data: Embedded, rows: np.ndarray, references: list[Embedded],
     started = time.perf_counter()
     ref_paths = [p for r in references for p in r.paths]
     close, nearest = too_close(data.x[rows], np.concatenate([r.x for r in references]), settings.exclude_threshold,
-                               settings.search)
+                               settings.search, settings.nprobe)
     if close.all():
         raise ValueError(f"all {len(rows)} pool images are within --exclude-threshold "
                          f"{settings.exclude_threshold} of an --exclude image: raise it, or check the folders")
@@ -207,7 +210,8 @@ def _retrieve(data: Embedded, rows: np.ndarray, seeds: Embedded, settings: Curat
     report.retrieval = mode
     log.info("retrieving from %d pool images with %d seed images (%s retrieval)", len(rows), len(seeds.paths), mode)
     if mode == "image":
-        return rows[retrieve_per_image(data.x[rows], seeds.x, settings.neighbors, settings.search)], started
+        return rows[retrieve_per_image(data.x[rows], seeds.x, settings.neighbors, settings.search,
+                                       settings.nprobe)], started
     clusters = min(settings.retrieval_clusters or max(1, round(len(rows) ** 0.5)), len(rows))
     keep = retrieve_clusters(data.x[rows], seeds.x, clusters, settings.per_cluster, settings.search,
                              settings.random_seed)

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from dinolab.curate.search import kmeans, knn, normalized
+from dinolab.curate.search import NPROBE, kmeans, knn, normalized
 
 PER_IMAGE_MIN_SEEDS = 1000  # "auto" retrieval: per image from this many seed images on, clusters below
 
 
-def retrieve_per_image(pool: np.ndarray, seed: np.ndarray, n: int = 4, backend: str = "auto") -> np.ndarray:
+def retrieve_per_image(pool: np.ndarray, seed: np.ndarray, n: int = 4, backend: str = "auto",
+                       nprobe: int = NPROBE) -> np.ndarray:
     """Sorted pool indices: the union of every seed row's n most similar pool rows (L2-normalized inputs)."""
     if n < 1:
         raise ValueError(f"each seed image needs at least 1 neighbour, got n={n}")
-    return np.unique(knn(seed, pool, n, backend)[1])
+    found = knn(seed, pool, n, backend, nprobe=nprobe)[1]
+    return np.unique(found[found >= 0])  # -1: an approximate index found fewer than n
 
 
 def retrieve_clusters(pool: np.ndarray, seed: np.ndarray, clusters: int, per_cluster: int | None = None,
