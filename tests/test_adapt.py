@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import write_class_folder
 
 from dinolab import config as config_lib
+from dinolab.cli import main
 from dinolab.config import ConfigError
 from dinolab.device import resolve
 from dinolab.hub import load_backbone, save_backbone
@@ -229,3 +230,24 @@ def test_adapting_end_to_end_logs_the_guards_and_the_reference_domain(make_confi
     assert "reference domain" in (result.run_dir / "report.md").read_text()
     reloaded = load_backbone(result.run_dir)  # the adapted run loads like any other
     assert reloaded.num_register_tokens == 2
+
+
+def test_the_demo_recipe_continues_from_an_export_of_the_dinov2_demo(fmnist_dir: Path, tmp_path: Path) -> None:
+    """The colleague's workflow, shrunk: train the DINOv2 demo recipe, export its backbone headless in the official
+    layout (`dinolab export`), then run dinov2_vit_tiny_fmnist_adapt from it: its model keys match the export."""
+    shrink = ["model.depth=1", "head.out_dim=64", "head.patch_out_dim=64", "head.hidden_dim=32",
+              "head.bottleneck_dim=16", f"data.path={fmnist_dir}", "data.num_workers=0", "optim.batch_size=8",
+              "optim.epochs=1", "train.device=cpu", "train.precision=fp32", "train.log_every=1"]
+    release_run = tmp_path / "release"
+    fit(config_lib.load("dinov2_vit_tiny_fmnist", [*shrink, f"train.output_dir={release_run}", "eval.knn_every=0"]),
+        quiet=True)
+    exported = tmp_path / "dinov2_vit_tiny_fmnist_pretrain.pth"
+    main(["export", "safetensors", "--checkpoint", str(release_run), "--layout", "dinov2", "--out", str(exported)])
+    assert not any(k.startswith("head") for k in torch.load(exported))  # headless, like Meta's files
+
+    cfg = config_lib.load("dinov2_vit_tiny_fmnist_adapt", [*shrink, f"train.output_dir={tmp_path / 'adapt'}",
+                                                           f"model.init={exported}",
+                                                           "optim.freeze_backbone_iterations=2"])
+    fit(cfg, quiet=True, max_iterations=3)
+    records = read_metrics(tmp_path / "adapt")
+    assert [("gram_loss" in r) for r in records] == [False, False, True]
