@@ -95,6 +95,24 @@ def test_a_grid_of_one_patch_is_refused() -> None:
         similarity_log_probs(torch.randn(1, 4, 1, 1), 0.1)
 
 
+@pytest.mark.parametrize(("stride", "grid"), [(32, 1), (16, 2), (8, 4)])
+def test_resnet_backbone_gives_a_pooled_feature_and_a_grid(stride: int, grid: int) -> None:
+    model = ResNetBackbone("resnet18", in_chans=1, stride=stride).eval()
+    x = torch.randn(2, 1, 28, 28)
+    ((patches, pooled),) = model.get_intermediate_layers(x, 1, reshape=True, return_class_token=True)
+    assert patches.shape == (2, 512, grid, grid) and model.patch_size == stride
+    torch.testing.assert_close(pooled, model(x))
+    torch.testing.assert_close(model.forward_features(x)["x_norm_patchtokens"], patches.flatten(2).transpose(1, 2))
+
+
+def test_resnet_backbone_keeps_torchvisions_names() -> None:
+    from torchvision.models import resnet50
+
+    reference = resnet50(weights=None)
+    reference.fc = torch.nn.Identity()
+    reference.load_state_dict(ResNetBackbone("resnet50").state_dict())  # strict: the same keys and shapes
+
+
 @pytest.fixture
 def teacher_file(tmp_path: Path) -> Path:
     """A released-style headless teacher: a ViT-Tiny-wide, 1-block ViT with 7 px patches, in the official DINOv2
@@ -131,7 +149,7 @@ def test_distill_into_a_vit_through_fit_and_reload_and_export(make_config, teach
 def test_distill_into_a_resnet18_through_fit(make_config, teacher_file: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     cfg = make_config("resnet", data=NO_LOCAL_CROPS, optim={"epochs": 1},
-                      model={"arch": "resnet18", "resnet_stem": "small"}, distill={"teacher": str(teacher_file)},
+                      model={"arch": "resnet18", "resnet_stride": 16}, distill={"teacher": str(teacher_file)},
                       eval={"knn_every": 4, "knn_monitor_train": 20})
     result = fit(cfg, quiet=True)
     assert isinstance(result.backbone, ResNetBackbone) and "knn_top1" in result.last_metrics

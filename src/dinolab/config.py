@@ -43,9 +43,9 @@ class ModelConfig:
     layerscale_init: float | None = None  # e.g. 1e-5 for DINOv2; None disables LayerScale
     ffn: str = "mlp"  # mlp | swiglu
     qkv_bias: bool = True
-    # ResNet students: imagenet (7x7 stride-2 conv + max-pool, output stride 32) | small (3x3 stride-1 conv, no
-    # max-pool, output stride 8: for images of a few dozen pixels); ViTs ignore it
-    resnet_stem: str = "imagenet"
+    # ResNet students: pixels per cell of the last feature map, set by the stem: 32 (torchvision's) | 16 | 8 (3x3
+    # stride-1 conv, with | without max-pool: for images of a few dozen pixels; see models/resnet.py); ViTs ignore it
+    resnet_stride: int = 32
     # continued pretraining: the student and teacher backbones start from this file or run dir (anything
     # dinolab.hub.load_backbone reads); the architecture is the file's (keys above left at their defaults take
     # its values, others must agree with it). See docs/adapt.md
@@ -540,7 +540,7 @@ def _feature_distill_checks(cfg: Config) -> list[tuple[bool, str, str]]:
         (not resnet or distilling, "model.arch",
          f"a ResNet ({cfg.model.arch}) has no DINO heads: it can only be trained by feature distillation; set "
          "distill.teacher to a backbone file, or use a ViT"),
-        (cfg.model.resnet_stem in ("imagenet", "small"), "model.resnet_stem", "must be imagenet or small"),
+        (cfg.model.resnet_stride in (32, 16, 8), "model.resnet_stride", "must be 32, 16 or 8"),
         (not (resnet and cfg.optim.layer_decay != 1), "optim.layer_decay",
          "layer-wise lr decay is defined over transformer blocks: set it to 1 for a ResNet"),
         (not distilling or cfg.data.local_crops_number == 0, "data.local_crops_number",

@@ -35,7 +35,7 @@ def build_backbone(cfg: Config, drop_path_rate: float | None = None) -> VisionTr
     """The ViT of `cfg.model`, or for model.arch=resnet* (feature distillation's students) a torchvision ResNet."""
     m = cfg.model
     if m.arch in RESNET_LAYERS:
-        return ResNetBackbone(m.arch, m.in_chans, m.resnet_stem)
+        return ResNetBackbone(m.arch, m.in_chans, m.resnet_stride)
     return VisionTransformer(**backbone_kwargs(cfg, drop_path_rate))
 
 

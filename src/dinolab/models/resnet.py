@@ -19,32 +19,34 @@ RESNET_LAYERS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] 
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
-STEMS = ("imagenet", "small")
+OUTPUT_STRIDES = (32, 16, 8)
 
 
 class ResNetBackbone(ResNet):
-    """torchvision's ResNet without the classifier; `in_chans` input channels; `stem`: 'imagenet' (7x7 conv stride
-    2 + max-pool: output stride 32) or 'small' (3x3 conv stride 1, no max-pool: output stride 8, the CIFAR variant,
-    so a 28 px image still leaves a 4x4 feature map)."""
+    """torchvision's ResNet without the classifier, for `in_chans` input channels, with the stem that gives
+    `stride` pixels per cell of the last feature map: 32 is torchvision's (7x7 conv stride 2 + max-pool), 16 a 3x3
+    stride-1 conv + max-pool, 8 a 3x3 stride-1 conv alone (the CIFAR ResNets). Small images need the smaller
+    strides to keep a grid of patches: a 28 px image leaves 1x1 cells at 32, 2x2 at 16, 4x4 at 8 (at 4x the cost)."""
 
-    def __init__(self, arch: str = "resnet50", in_chans: int = 3, stem: str = "imagenet"):
+    def __init__(self, arch: str = "resnet50", in_chans: int = 3, stride: int = 32):
         if arch not in RESNET_LAYERS:
             raise ValueError(f"unknown ResNet {arch!r}; choose one of {', '.join(RESNET_LAYERS)}")
-        if stem not in STEMS:
-            raise ValueError(f"unknown ResNet stem {stem!r}; choose one of {', '.join(STEMS)}")
+        if stride not in OUTPUT_STRIDES:
+            raise ValueError(f"a ResNet's output stride is one of {OUTPUT_STRIDES}, got {stride}")
         block, layers = RESNET_LAYERS[arch]
         super().__init__(block, layers)
-        self.arguments: dict[str, Any] = dict(arch=arch, in_chans=in_chans, stem=stem)  # rebuilds this architecture
+        self.arguments: dict[str, Any] = dict(arch=arch, in_chans=in_chans, stride=stride)  # rebuilds this model
         self.fc = nn.Identity()
-        if stem == "small":
+        if stride < 32:
             self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
         elif in_chans != 3:
             self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if stride == 8:
+            self.maxpool = nn.Identity()
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's init
         self.in_chans = in_chans
         self.embed_dim = 512 * block.expansion
-        self.patch_size = 8 if stem == "small" else 32  # the output stride: pixels per feature-map cell
+        self.patch_size = stride  # pixels per feature-map cell, what a ViT's patch size is to its token grid
 
     @property
     def blocks(self) -> tuple[nn.Module]:
