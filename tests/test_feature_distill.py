@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from conftest import small_vit
 
+from dinolab import config as config_lib
 from dinolab.cli import main
 from dinolab.config import ConfigError
 from dinolab.device import resolve
@@ -161,6 +162,14 @@ def test_distill_into_a_resnet18_through_fit(make_config, teacher_file: Path,
         save_backbone(reloaded, result.run_dir / "x.pth")
     assert main(["viz", "attention", "--checkpoint", str(result.run_dir), str(result.run_dir / "x.png")]) == 1
     assert "need a ViT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["distill_fmnist_vit_tiny", "distill_fmnist_resnet18"])
+def test_the_demo_recipes_run(recipe: str, fmnist_dir: Path, teacher_file: Path, tmp_path: Path) -> None:
+    cfg = config_lib.load(recipe, [f"distill.teacher={teacher_file}", f"data.path={fmnist_dir}", "optim.batch_size=4",
+                                   "data.num_workers=0", "eval.knn_every=0", "train.log_every=1",
+                                   f"train.output_dir={tmp_path / 'run'}"])
+    assert fit(cfg, quiet=True, max_iterations=2).last_metrics["patch_loss"] > 0
 
 
 def test_the_teacher_stays_frozen_and_the_student_learns(make_config, teacher_file: Path) -> None:
