@@ -16,6 +16,7 @@ from dinolab.cli import main
 from dinolab.config import ConfigError
 from dinolab.device import resolve
 from dinolab.hub import load_backbone, save_backbone
+from dinolab.io import read_checkpoint
 from dinolab.losses.feature_distill import (
     FeatureDistillLoss,
     cls_distance,
@@ -160,6 +161,9 @@ def test_distill_into_a_resnet18_through_fit(make_config, teacher_file: Path,
     torch.testing.assert_close(reloaded(x), result.backbone.eval()(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="no ViT layout"):
         save_backbone(reloaded, result.run_dir / "x.pth")
+    assert main(["eval", "knn", "--checkpoint", str(result.run_dir), "--data", "fmnist", "--fmnist-dir",
+                 str(cfg.data.path), "--k", "1", "--device", "cpu", "--precision", "fp32", "--quiet"]) == 0
+    assert "[trained] knn: k-NN k=1 top-1" in capsys.readouterr().out
     assert main(["viz", "attention", "--checkpoint", str(result.run_dir), str(result.run_dir / "x.png")]) == 1
     assert "need a ViT" in capsys.readouterr().err
 
@@ -170,6 +174,20 @@ def test_the_demo_recipes_run(recipe: str, fmnist_dir: Path, teacher_file: Path,
                                    "data.num_workers=0", "eval.knn_every=0", "train.log_every=1",
                                    f"train.output_dir={tmp_path / 'run'}"])
     assert fit(cfg, quiet=True, max_iterations=2).last_metrics["patch_loss"] > 0
+
+
+def test_ddp_on_two_processes_distills_like_one_process(make_config, teacher_file: Path) -> None:
+    from test_distributed import assert_close_states, torchrun
+
+    sections = dict(data=NO_LOCAL_CROPS, optim={"epochs": 1}, model={"drop_path_rate": 0.0},
+                    distill={"teacher": str(teacher_file)})
+    one, two = make_config("one", **sections), make_config("two", **sections)
+    fit(one, quiet=True)
+    done = torchrun(two, 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (read_checkpoint(cfg.train.output_dir) for cfg in (one, two))
+    assert (a["iteration"], b["iteration"]) == (4, 4)
+    assert_close_states(a["student"], b["student"])
 
 
 def test_the_teacher_stays_frozen_and_the_student_learns(make_config, teacher_file: Path) -> None:
