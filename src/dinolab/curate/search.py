@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 # 'faiss': faiss with the index chosen by size; 'flat', 'ivf', 'ivfpq': that index whatever the size
 BACKENDS = ("auto", "exact", "faiss", "flat", "ivf", "ivfpq")
 FAISS_MIN_BASE = 50_000  # "auto" uses faiss from this many base vectors on (when installed)
-# faiss: IVF from this many on, flat (exact) below. Flat costs N^2 D; at 60k x 192 on one thread flat took 32 s
-# and IVF (nprobe 32) 20 s, mostly training, so from here on IVF is several times faster (benchmarks/curate_scale.py)
+# faiss: IVF from this many on, flat (exact) below. Flat costs N^2 D: deduplicating 60k x 192 Fashion-MNIST
+# embeddings on one thread took 29 s flat and 18 s with IVF (nprobe 32, recall 0.993); at 200k flat would take
+# ~11x as long, IVF ~6x (benchmarks/curate_scale.py, docs/curate.md)
 IVF_MIN_BASE = 200_000
 IVFPQ_MIN_BASE = 10_000_000  # faiss: IVF-PQ from this many on (IVF holds 4 D bytes per vector: 15 GB at 10M x 384)
 NPROBE = 32  # inverted lists an IVF search visits per query
