@@ -175,7 +175,7 @@ class EvalConfig:
     batch_size: int = 256
     test_path: str = ""  # labeled data for k-NN after training (fmnist: "" = Debian test split)
     knn_every: int = 0  # iterations between k-NN checks during training (logged as knn_top1); 0 = off
-    knn_monitor_train: int = 10000  # the check uses the first images of the train / test splits
+    knn_monitor_train: int = 10000  # the check uses this many images spread evenly over the train / test splits
     knn_monitor_test: int = 2000
     # a second labeled domain the k-NN check also scores (logged as knn_reference_top1), to see forgetting
     # when adapting: a folder with train/ and test/ class folders, or fmnist / fmnist:DIR (Fashion-MNIST)

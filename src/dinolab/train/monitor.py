@@ -64,6 +64,14 @@ class MetricsLog:
             self.writer.close()
 
 
+def spread_indices(n: int, total: int) -> list[int]:
+    """`n` indices spread evenly over `range(total)` (all of them if n >= total). Not the first n: a folder
+    dataset lists its images class by class, so its first images are one or two classes only."""
+    if n >= total:
+        return list(range(total))
+    return [i * total // n for i in range(n)]
+
+
 class KNNMonitor:
     """Weighted k-NN top-1 (k=20) of the teacher on a fixed slice of the labeled data, during training:
     the learning curve the DINO paper plots. Deterministic; it runs at the same iterations whether or not the
@@ -83,8 +91,8 @@ class KNNMonitor:
             domain = train, build_eval_dataset(cfg.data, cfg.model.in_chans, "test", cfg.eval.test_path,
                                                classes=train.classes)
         train, test = domain
-        self.train = Subset(train, range(min(cfg.eval.knn_monitor_train, len(train))))
-        self.test = Subset(test, range(min(cfg.eval.knn_monitor_test, len(test))))
+        self.train = Subset(train, spread_indices(cfg.eval.knn_monitor_train, len(train)))
+        self.test = Subset(test, spread_indices(cfg.eval.knn_monitor_test, len(test)))
         self.cfg, self.runtime, self.world = cfg, runtime, world
         self._random_init: float | None = None
         self._random_init_measured = False
