@@ -39,7 +39,7 @@ from dinolab.data.datasets import FashionMNIST
 from dinolab.hub import load_model, save_backbone
 from dinolab.models import vit_tiny
 
-THRESHOLDS = (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+THRESHOLDS = (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
 COPY_KINDS = ("jpeg", "crop", "bright")
 
 
