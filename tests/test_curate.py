@@ -28,7 +28,8 @@ from dinolab.curate import (
     too_close,
 )
 from dinolab.data import ImageList, build_dataset
-from dinolab.data.stats import measure_images
+from dinolab.data.datasets import read_file_list
+from dinolab.data.stats import measure_images, resolve_from_images
 from dinolab.hub import dinov2_vits14, save_backbone
 from dinolab.hub.export import MissingExtraError
 from dinolab.train import fit
@@ -339,7 +340,7 @@ def test_file_list_resolves_relative_paths_against_its_folder(tmp_path: Path, mo
     dataset = ImageList("data/list.txt", size=16)
     assert dataset.files == [Path("data/a.png"), Path("data/sub/b.png")] and dataset.labels.tolist() == [-1, -1]
     assert dataset[1][0].shape == (3, 16, 16)
-    assert measure_images(listing).total == 2  # data.auto measures the listed images
+    assert measure_images(read_file_list(listing)).total == 2  # what data.auto measures for a list
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -356,6 +357,12 @@ def test_bad_file_lists_say_what_is_wrong(content: str | None, message: str, tmp
         ImageList(listing, size=16)
     if "5 of" in message:  # the first few missing files are named, not all
         assert str(tmp_path / "c.png") in str(err.value) and "d.png" not in str(err.value)
+
+
+def test_data_auto_measures_the_list_and_names_a_missing_one(make_config, tmp_path: Path) -> None:
+    cfg = make_config(data={"dataset": "folder", "auto": True, "file_list": str(tmp_path / "gone.txt"), "path": ""})
+    with pytest.raises(FileNotFoundError, match="file list .*gone.txt does not exist"):
+        resolve_from_images(cfg, quiet=True)
 
 
 def test_file_list_needs_the_folder_dataset(make_config) -> None:

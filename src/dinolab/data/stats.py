@@ -42,11 +42,8 @@ class ImageStats:
 
 
 def image_files(root: str | Path) -> list[Path]:
-    """Every image under `root`, at any depth, in a fixed order (the files `ImageFolder` reads); or, when `root`
-    is a file list (data.file_list), the images it names."""
+    """Every image under `root`, at any depth, in a fixed order (the files `ImageFolder` reads)."""
     root = Path(root)
-    if root.is_file():
-        return read_file_list(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
@@ -55,10 +52,11 @@ def image_files(root: str | Path) -> list[Path]:
     return files
 
 
-def measure_images(root: str | Path, sample: int = SAMPLE_SIZE, seed: int = 0) -> ImageStats:
-    """Channels, median shorter side and per-channel mean/std (at native resolution) of a seeded sample of a
-    folder's images (or a file list's)."""
-    files = image_files(root)
+def measure_images(root: str | Path | list[Path], sample: int = SAMPLE_SIZE, seed: int = 0) -> ImageStats:
+    """Channels, median shorter side and per-channel mean/std (at native resolution) of a seeded sample of the
+    images under a folder, or of given image files (a file list's)."""
+    files = root if isinstance(root, list) else image_files(root)
+    where = f"the {len(files)} listed images" if isinstance(root, list) else f"the images under {root}"
     chosen = random.Random(seed).sample(files, min(sample, len(files)))
     arrays, sizes, gray = [], [], True
     for path in chosen:
@@ -71,7 +69,7 @@ def measure_images(root: str | Path, sample: int = SAMPLE_SIZE, seed: int = 0) -
         gray = gray and float(np.ptp(rgb, axis=2).max()) <= GRAYSCALE_TOLERANCE / 255
         arrays.append(rgb.reshape(-1, 3))
     if not arrays:
-        raise ValueError(f"none of the {len(chosen)} sampled images under {root} could be read")
+        raise ValueError(f"none of {len(chosen)} sampled images of {where} could be read")
     pixels = np.concatenate(arrays)
     if gray:
         pixels = pixels[:, :1]
@@ -98,10 +96,10 @@ def resolve_from_images(cfg: Config, quiet: bool = False) -> Config:
     `data.auto` off, so the run's saved config holds the values used and evaluation normalizes as training did."""
     if not cfg.data.auto:
         return cfg
-    source = cfg.data.file_list or cfg.data.path
-    if not source:
+    if not (cfg.data.file_list or cfg.data.path):
         raise ValueError("data.auto measures the images under data.path, which is empty: set data.path=/my/images "
                          "(or data.file_list=curated.txt)")
+    source = read_file_list(cfg.data.file_list) if cfg.data.file_list else cfg.data.path
     stats = measure_images(source, seed=cfg.train.seed)
     patch, global_size, local_size = crop_sizes(stats.size)
     model = dataclasses.replace(cfg.model, in_chans=stats.channels, patch_size=patch, img_size=global_size)
