@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import random_rgb, save_image
+from PIL import Image
 
 import dinolab.curate.search as search_module
 from dinolab.cli import main
@@ -27,6 +28,7 @@ from dinolab.curate import (
     retrieve_per_image,
     too_close,
 )
+from dinolab.curate.pipeline import GRID_GAP, THUMBNAIL
 from dinolab.data import ImageList, build_dataset
 from dinolab.data.datasets import read_file_list
 from dinolab.data.stats import measure_images, resolve_from_images
@@ -206,6 +208,12 @@ def test_cli_deduplicates_decontaminates_and_skips_unreadable(pool: Path, checkp
     assert report["excluded_examples"] == [[str(pool / "img07.png"), str(tmp_path / "benchmark" / "leak.png")]]
     assert set(report["seconds"]) == {"embedded", "deduplicated", "decontaminated"}
     assert (tmp_path / "clean.duplicates.txt").read_text().count("\t") == 2
+    # one picture row per example: the duplicate group of 3, the leak beside the evaluation image it matched
+    assert report["outputs"]["duplicates_picture"] == str(tmp_path / "clean.duplicates.png")
+    for name, rows in (("duplicates", 1), ("excluded", 1)):
+        with Image.open(tmp_path / f"clean.{name}.png") as picture:
+            assert picture.height == rows * (THUMBNAIL + GRID_GAP)
+    assert "retrieved_picture" not in report["outputs"] and not (tmp_path / "clean.retrieved.png").exists()
 
 
 def test_cli_retrieves_and_balances_reusing_embeddings(pool: Path, checkpoint: Path, tmp_path: Path,
@@ -215,6 +223,9 @@ def test_cli_retrieves_and_balances_reusing_embeddings(pool: Path, checkpoint: P
                       "--neighbors", "3") == 0
     kept = out.read_text().splitlines()
     assert len(kept) == 3 and str(pool / "img09.png") in kept  # the seed's own copy is its nearest
+    report = json.loads((tmp_path / "curated.report.json").read_text())
+    assert report["retrieved_examples"][0][:2] == [str(tmp_path / "seed" / "s.png"), str(pool / "img09.png")]
+    assert (tmp_path / "curated.retrieved.png").is_file()
     monkeypatch.setattr("dinolab.curate.pipeline.embed_folder", lambda *a, **k: pytest.fail("embedded again"))
     assert run_curate(pool, checkpoint, out, "--balance", "kmeans", "--clusters", "4,2", "--target", "5") == 0
     assert len(set(out.read_text().splitlines())) == 5

@@ -19,20 +19,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from dinolab.curate.balance import balanced_sample, hierarchical_kmeans
 from dinolab.curate.dedup import DEFAULT_THRESHOLD, NEIGHBORS, deduplicate, too_close
 from dinolab.curate.retrieve import PER_IMAGE_MIN_SEEDS, retrieve_clusters, retrieve_per_image
-from dinolab.curate.search import NPROBE, normalized
+from dinolab.curate.search import NPROBE, knn, normalized
 from dinolab.data.datasets import ImageFolder
 from dinolab.device import Runtime
 from dinolab.hub import LoadedModel, load_model
 from dinolab.hub.embed import embed_folder
-from dinolab.io import atomic_write_text
+from dinolab.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-EXAMPLES = 10  # duplicate groups and decontaminated images shown in the report
+EXAMPLES = 10  # duplicate groups, decontaminated images and seed images shown in the report
+GRID_COLUMNS = 8  # images per row of a report picture
+THUMBNAIL = 64  # pixels, the side of each image in a report picture
+GRID_GAP = 4
+PICTURES = ("duplicates", "excluded", "retrieved")  # the report's example rows, each drawn as a picture
 
 
 @dataclass
@@ -88,6 +93,7 @@ class CurateReport:
     duplicate_groups: int = 0
     duplicate_examples: list[list[str]] = field(default_factory=list)  # kept image first
     excluded_examples: list[list[str]] = field(default_factory=list)  # [pool image, evaluation image]
+    retrieved_examples: list[list[str]] = field(default_factory=list)  # a seed image, then its nearest retrieved
     unreadable: list[str] = field(default_factory=list)
     retrieval: str | None = None
     settings: dict = field(default_factory=dict)
@@ -100,10 +106,30 @@ class CurateReport:
 
 
 def output_paths(out: Path) -> dict[str, Path]:
-    """Where a run writes: the list, the report, all duplicate groups, and the embedding work folder."""
+    """Where a run writes: the list, the report, all duplicate groups, the embedding work folder, and the
+    report's pictures (written when there is something to show)."""
     stem = out.with_suffix("") if out.suffix == ".txt" else out
     return {"list": out, "report": Path(f"{stem}.report.json"), "duplicates": Path(f"{stem}.duplicates.txt"),
-            "work": Path(f"{stem}.work")}
+            "work": Path(f"{stem}.work"), **{f"{name}_picture": Path(f"{stem}.{name}.png") for name in PICTURES}}
+
+
+def write_picture(rows: Sequence[Sequence[str]], path: Path) -> Path:
+    """The images of `rows` as one picture, a row each: its first image (the kept image of a duplicate group,
+    the pool image that matched an evaluation image, a seed image), a gap, then the others, for judging by eye
+    what a threshold or a seed set does. Images that cannot be read stay blank."""
+    step, columns = THUMBNAIL + GRID_GAP, min(GRID_COLUMNS, max(map(len, rows)))
+    picture = Image.new("RGB", (columns * step + GRID_GAP * 3, len(rows) * step), "white")
+    for r, row in enumerate(rows):
+        for c, image_path in enumerate(row[:columns]):
+            try:
+                with Image.open(image_path) as image:
+                    tile = ImageOps.pad(image.convert("RGB"), (THUMBNAIL, THUMBNAIL), color="white")
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue
+            picture.paste(tile, (c * step + (GRID_GAP * 3 if c else 0), r * step))
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
+    return path
 
 
 def embed_images(loaded: LoadedModel, weights: str, folder: Path, role: str, work: Path, image_size: int,
@@ -210,12 +236,14 @@ def _retrieve(data: Embedded, rows: np.ndarray, seeds: Embedded, settings: Curat
     report.retrieval = mode
     log.info("retrieving from %d pool images with %d seed images (%s retrieval)", len(rows), len(seeds.paths), mode)
     if mode == "image":
-        return rows[retrieve_per_image(data.x[rows], seeds.x, settings.neighbors, settings.search,
-                                       settings.nprobe)], started
-    clusters = min(settings.retrieval_clusters or max(1, round(len(rows) ** 0.5)), len(rows))
-    keep = retrieve_clusters(data.x[rows], seeds.x, clusters, settings.per_cluster, settings.search,
-                             settings.random_seed)
-    return rows[keep], started
+        kept = rows[retrieve_per_image(data.x[rows], seeds.x, settings.neighbors, settings.search, settings.nprobe)]
+    else:
+        clusters = min(settings.retrieval_clusters or max(1, round(len(rows) ** 0.5)), len(rows))
+        kept = rows[retrieve_clusters(data.x[rows], seeds.x, clusters, settings.per_cluster, settings.search,
+                                      settings.random_seed)]
+    nearest = knn(seeds.x[:EXAMPLES], data.x[kept], GRID_COLUMNS - 1, "exact")[1]  # what a few seeds brought
+    report.retrieved_examples = [[seeds.paths[s], *(data.paths[kept[j]] for j in row)] for s, row in enumerate(nearest)]
+    return kept, started
 
 
 def _balance(data: Embedded, rows: np.ndarray, settings: CurateSettings,
@@ -257,7 +285,8 @@ def curate(
     if symlinks is not None:  # checked before any work
         files["symlinks"] = Path(symlinks)
         check_symlink_folder(files["symlinks"])
-    report = CurateReport(settings=asdict(settings), outputs={k: str(v) for k, v in files.items()})
+    report = CurateReport(settings=asdict(settings),
+                          outputs={k: str(v) for k, v in files.items() if not k.endswith("_picture")})
     loaded = load_model(checkpoint, arch=arch, entry=entry)
     size = image_size or loaded.config.data.global_crops_size
     weights = weights_digest(loaded)
@@ -282,5 +311,10 @@ def curate(
     atomic_write_text("".join(data.paths[i] + "\n" for i in rows), out)
     if symlinks is not None:
         write_symlinks([data.paths[i] for i in rows], pool, files["symlinks"])
+    examples = {"duplicates": report.duplicate_examples, "excluded": report.excluded_examples,
+                "retrieved": report.retrieved_examples}
+    for name in PICTURES:
+        if examples[name]:
+            report.outputs[f"{name}_picture"] = str(write_picture(examples[name], files[f"{name}_picture"]))
     atomic_write_text(json.dumps(asdict(report), indent=1), files["report"])
     return report
