@@ -89,7 +89,7 @@ def pq_subvectors(dim: int) -> int:
     return max(m for m in range(1, max(dim // 4, 1) + 1) if dim % m == 0)
 
 
-def _faiss_index(base: np.ndarray, kind: str, nprobe: int, seed: int = 0):
+def _faiss_index(base: np.ndarray, kind: str, nprobe: int):
     import faiss
 
     faiss.omp_set_num_threads(torch.get_num_threads())
@@ -103,7 +103,7 @@ def _faiss_index(base: np.ndarray, kind: str, nprobe: int, seed: int = 0):
             index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
         else:
             index = faiss.IndexIVFPQ(quantizer, dim, lists, pq_subvectors(dim), 8, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(seed).choice(len(base), min(len(base), TRAIN_PER_LIST * lists), replace=False)
+        sample = np.random.default_rng(0).choice(len(base), min(len(base), TRAIN_PER_LIST * lists), replace=False)
         index.train(np.ascontiguousarray(base[np.sort(sample)], dtype=np.float32))
         index.nprobe = min(nprobe, lists)
     for rows in _blocks(len(base), FAISS_BLOCK):
