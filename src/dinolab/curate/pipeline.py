@@ -33,6 +33,7 @@ from dinolab.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
+LOAD_BLOCK = 65_536  # embeddings normalized per step when loaded
 EXAMPLES = 10  # duplicate groups, decontaminated images and seed images shown in the report
 GRID_COLUMNS = 8  # images per row of a report picture
 THUMBNAIL = 64  # pixels, the side of each image in a report picture
@@ -150,12 +151,18 @@ def embed_images(loaded: LoadedModel, weights: str, folder: Path, role: str, wor
                      std=cfg.data.std, runtime=runtime, quiet=quiet)
     else:
         log.info("%s embeddings from %s", role, npy)
-    rows = np.load(npy)
+    rows = np.load(npy, mmap_mode="r")  # read a block at a time: memory holds the normalized copy only
     paths = [str(Path(folder) / p) for p in Path(f"{npy}.paths.txt").read_text().splitlines()]
-    readable = ~np.isnan(rows).any(axis=1)
+    blocks = [slice(start, start + LOAD_BLOCK) for start in range(0, len(rows), LOAD_BLOCK)]
+    readable = np.concatenate([~np.isnan(rows[b]).any(axis=1) for b in blocks])
     if not readable.any():
         raise ValueError(f"none of the {len(paths)} images under {role} folder {folder} could be read")
-    return Embedded([p for p, ok in zip(paths, readable, strict=True) if ok], normalized(rows[readable]),
+    x = np.empty((int(readable.sum()), rows.shape[1]), dtype=np.float32)
+    done = 0
+    for b in blocks:
+        part = normalized(rows[b][readable[b]])
+        x[done:done + len(part)], done = part, done + len(part)
+    return Embedded([p for p, ok in zip(paths, readable, strict=True) if ok], x,
                     [p for p, ok in zip(paths, readable, strict=True) if not ok])
 
 
