@@ -34,7 +34,7 @@ from dinolab.io import BACKBONE_PREFIX, CheckpointError, check_state_fits
 from dinolab.losses.feature_distill import FeatureDistillLoss
 from dinolab.models.build import build_backbone
 from dinolab.models.vit import VisionTransformer
-from dinolab.train.optim import clip_gradients, clip_groups, make_optimizer, set_lr_and_wd
+from dinolab.train.optim import clip_and_step, clip_groups, make_optimizer, set_lr_and_wd
 from dinolab.train.parallel import distribute, load_model_state, load_optimizer_state, model_state, optimizer_state
 from dinolab.train.schedules import StepSchedule
 from dinolab.train.trainer import NonFiniteLossError, parallel_mode
@@ -154,13 +154,7 @@ class FeatureDistiller:
         with phase("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-        with phase("clip"):
-            if self.clip_grad:
-                self.scaler.unscale_(self.optimizer)
-                clip_gradients(self.clipped_together, self.clip_grad)
-        with phase("optimizer"):
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        clip_and_step(self.optimizer, self.scaler, self.clipped_together, self.clip_grad, phase)
         return loss.detach(), stats
 
     def teacher_input(self, images: Tensor) -> Tensor:

@@ -4,6 +4,8 @@ learning-rate scaling rule, and gradient clipping (DINO's per parameter, DINOv2'
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -96,3 +98,18 @@ def clip_gradients(groups: list[list[nn.Parameter]], max_norm: float) -> None:
     scales = torch.clamp(max_norm / (squares.sqrt() + 1e-6), max=1.0)[index]
     with sharded_times_plain(grads):
         torch._foreach_mul_(grads, list(scales.unbind()))
+
+
+def clip_and_step(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, clipped_together: list[list[nn.Parameter]],
+    max_norm: float, phase: Callable[[str], AbstractContextManager],
+) -> None:
+    """The end of every training step once the gradients are final: unscale (fp16), clip (`clip_groups`; 0 = off),
+    AdamW step; each part inside `phase(name)` (profiler labels, or the benchmarks' timers)."""
+    with phase("clip"):
+        if max_norm:
+            scaler.unscale_(optimizer)
+            clip_gradients(clipped_together, max_norm)
+    with phase("optimizer"):
+        scaler.step(optimizer)
+        scaler.update()

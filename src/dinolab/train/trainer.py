@@ -31,7 +31,7 @@ from dinolab.train.adapt import BackboneFreeze, resolve_init
 from dinolab.train.distill import load_distillation_teacher
 from dinolab.train.ema import EMATeacher
 from dinolab.train.highres import resize_position_embeddings
-from dinolab.train.optim import clip_gradients, clip_groups, make_optimizer, set_lr_and_wd
+from dinolab.train.optim import clip_and_step, clip_groups, make_optimizer, set_lr_and_wd
 from dinolab.train.parallel import distribute, load_model_state, load_optimizer_state, model_state, optimizer_state
 from dinolab.train.schedules import StepSchedule
 
@@ -139,13 +139,7 @@ class Trainer:
                 p.grad = None
         if self.backbone_freeze is not None:
             self.backbone_freeze.drop_gradients()
-        with phase("clip"):
-            if self.clip_grad:
-                self.scaler.unscale_(self.optimizer)
-                clip_gradients(self.clipped_together, self.clip_grad)
-        with phase("optimizer"):
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        clip_and_step(self.optimizer, self.scaler, self.clipped_together, self.clip_grad, phase)
         with phase("ema"):
             self.ema.update(schedule.momentum)
         return loss.detach(), stats
