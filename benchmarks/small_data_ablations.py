@@ -35,15 +35,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import Tensor
 
 from dinolab import config as config_lib
 from dinolab.data.datasets import FMNIST_DIR, FashionMNIST, read_idx
 from dinolab.data.loader import build_eval_dataset
 from dinolab.data.stats import measure_images
+from dinolab.data.transforms import normalize_uint8
 from dinolab.device import resolve
 from dinolab.eval.baselines import PixelBaseline, random_init_like
-from dinolab.eval.knn import knn
+from dinolab.eval.knn import knn, knn_classify
 from dinolab.io import read_metrics
 from dinolab.models.build import vit_kwargs_of
 from dinolab.train import fit
@@ -116,11 +119,16 @@ def main() -> None:
     parser.add_argument("--plot-entropy", type=Path, help="PNG: teacher entropy / log K and KL of every row")
     parser.add_argument("--plot-run", nargs=2, type=Path, metavar=("RUN_DIR", "PNG"),
                         help="PNG: a run's k-NN monitor against random init and pixels, and its entropy / KL")
+    parser.add_argument("--features", type=Path, metavar="RUN_DIR",
+                        help="k-NN of a trained run with other feature choices than the last [CLS] (JSON)")
     parser.add_argument("--probe", type=Path, metavar="RUN_DIR",
                         help="how alike the teacher's outputs are across 512 test images, at init and trained")
     args = parser.parse_args()
     if args.probe:
         probe(args.probe)
+        return
+    if args.features:
+        print(json.dumps({"run": str(args.features), "knn_top1": feature_choices(args.features)}))
         return
     if args.plot_entropy:
         plot_entropy(read_rows(args.out), args.plot_entropy)
@@ -320,9 +328,6 @@ def replay_uniform_warning(row: dict[str, Any]) -> bool:
 def probe(run_dir: Path, n: int = 512) -> None:
     """Why targets are near uniform: the mean cosine between different images' [CLS] and bottleneck outputs,
     and the spread of each prototype's logit over images (in units of the teacher temperature it is divided by)."""
-    import torch.nn.functional as F
-
-    from dinolab.data.transforms import normalize_uint8
     from dinolab.io import read_training_checkpoint
     from dinolab.models.build import build_student_teacher
 
@@ -341,6 +346,42 @@ def probe(run_dir: Path, n: int = 512) -> None:
         print(f"{name}: mean cosine between images: [CLS] {(c @ c.T)[off_diagonal].mean():.3f}, bottleneck "
               f"{(z @ z.T)[off_diagonal].mean():.3f}; logit spread over images {spread:.4f} "
               f"= {spread / cfg.loss.teacher_temp:.2f} at teacher temperature {cfg.loss.teacher_temp}")
+
+
+def feature_choices(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Weighted k-NN (60k / 10k) of a trained run's teacher, and of the same network at random init, with other
+    feature choices than the last [CLS]: the [CLS] of the last 4 blocks, [CLS] + average-pooled patch tokens
+    (DINOv2's linear-probe input), and all the last block's patch tokens (each L2-normalized) flattened, which
+    keeps the image's layout as pixels do."""
+    from dinolab.hub import load_backbone
+
+    trained = load_backbone(run_dir).eval()
+    cfg = config_lib.load(run_dir / "config.yaml")
+    return {name: _feature_choices(model, cfg) for name, model in
+            (("trained", trained), ("random_init", random_init_like(trained, 0).eval()))}
+
+
+def _feature_choices(model: torch.nn.Module, cfg: config_lib.Config) -> dict[str, dict[str, float]]:
+    choices = ("cls", "cls_last4", "cls_avgpool", "patches_flat")
+
+    def features(split: str) -> tuple[dict[str, Tensor], Tensor]:
+        ds = FashionMNIST(split=split)
+        out: dict[str, list[Tensor]] = {c: [] for c in choices}
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            for start in range(0, len(ds.images), 1000):
+                x = normalize_uint8(ds.images[start:start + 1000], cfg.data.mean, cfg.data.std)
+                layers = model.get_intermediate_layers(x, 4, return_class_token=True)
+                patches, cls = (t.float() for t in layers[-1])
+                out["cls"].append(cls)
+                out["cls_last4"].append(torch.cat([F.normalize(c.float(), dim=1) for _, c in layers], 1))
+                out["cls_avgpool"].append(torch.cat([F.normalize(cls, dim=1),
+                                                     F.normalize(patches.mean(1), dim=1)], 1))
+                out["patches_flat"].append(F.normalize(patches, dim=-1).flatten(1))
+        return {c: torch.cat(v) for c, v in out.items()}, ds.labels
+
+    (train, train_y), (test, test_y) = features("train"), features("test")
+    return {c: {str(k): round(v["top1"], 2) for k, v in knn_classify(train[c], train_y, test[c], test_y, KS).items()}
+            for c in choices}
 
 
 def plot_entropy(rows: list[dict[str, Any]], png: Path) -> None:
