@@ -108,6 +108,28 @@ def test_eval_knn_checkpoint_file_and_missing_checkpoint(trained_run: Path, labe
     assert "not found" in capsys.readouterr().err
 
 
+def test_eval_of_an_exported_backbone_takes_the_training_normalization_again(
+    trained_run: Path, labeled_folder: Path, tmp_path: Path, capsys
+) -> None:
+    """An exported file carries no training config: --mean/--std give its normalization back, and then it
+    scores exactly as its run does."""
+    from dinolab.hub import load_backbone, save_backbone
+    from dinolab.io import read_training_checkpoint
+
+    exported = save_backbone(load_backbone(trained_run), tmp_path / "exported.pth")
+    data = read_training_checkpoint(trained_run / "checkpoint.pth").config.data
+    args = ["--data", str(labeled_folder), "--k", "1", "3", "--device", "cpu", "--precision", "fp32", "--quiet"]
+    scores = []
+    for checkpoint, extra in ((trained_run, []), (exported, ["--mean", *map(str, data.mean), "--std",
+                                                              *map(str, data.std)])):
+        out = tmp_path / f"{checkpoint.name}.json"
+        assert main(["eval", "knn", "--checkpoint", str(checkpoint), *args, *extra, "--out", str(out)]) == 0
+        scores.append({k: v for k, v in json.loads(out.read_text()).items() if k != "seconds"})
+    assert scores[0] == scores[1]
+    assert main(["eval", "knn", "--checkpoint", str(exported), *args, "--mean", "0.5", "0.5"]) == 1
+    assert "the model takes 1-channel images, so give 1 value(s) each (got 2 and 1)" in capsys.readouterr().err
+
+
 def test_eval_knn_k_larger_than_the_train_split(trained_run: Path, labeled_folder: Path, capsys) -> None:
     code = main(["eval", "knn", "--checkpoint", str(trained_run), "--data", str(labeled_folder), "--k", "50",
                  "--device", "cpu", "--precision", "fp32", "--quiet"])

@@ -258,6 +258,7 @@ def _eval(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, dict]] = {}
     for kind in args.model:
         model, cfg = model_to_evaluate(args.checkpoint, kind, args.seed)
+        cfg.data.mean, cfg.data.std = _normalization(args, cfg)
         if not results:
             train_ds, test_ds = _eval_datasets(args, cfg)
         evaluation = Evaluation(
@@ -272,6 +273,19 @@ def _eval(args: argparse.Namespace) -> None:
         for protocol in protocols:
             print(f"[{kind}] {summary_line(protocol, results[kind][protocol])}")
     _write_eval_results(args, results, f"{len(train_ds)} training and {len(test_ds)} test images")
+
+
+def _normalization(args: argparse.Namespace, cfg: config_lib.Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """--mean / --std over the loaded model's normalization: an exported backbone file carries no training
+    config, so the one it was trained with must be given again."""
+    mean, std = tuple(args.mean or cfg.data.mean), tuple(args.std or cfg.data.std)
+    channels = cfg.model.in_chans
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"--mean/--std: the model takes {channels}-channel images, so give {channels} value(s) "
+                         f"each (got {len(mean)} and {len(std)})")
+    if any(s <= 0 for s in std):
+        raise ValueError("--std: every value must be positive")
+    return mean, std
 
 
 def _write_eval_results(args: argparse.Namespace, results: dict[str, dict[str, dict]], images: str) -> None:
@@ -305,6 +319,9 @@ def _eval_shared_options() -> argparse.ArgumentParser:
         _arg("--image-size", type=int, default=0, help="folder images: crop size (default: global crop)"),
         _arg("--resize", type=int, default=0, help="test-time resize of the shorter side (0: none)"),
         _arg("--crop", type=int, default=0, help="test-time center crop after --resize (0: none)"),
+        _arg("--mean", type=float, nargs="+", help="input normalization, one value per channel (default: the run's "
+             "training config; ImageNet's for released RGB weights, 0.5 for other files)"),
+        _arg("--std", type=float, nargs="+", help="see --mean"),
         _arg("--model", nargs="+", default=["trained"], choices=["trained", "random-init", "pixels"],
              help="what to evaluate: the checkpoint's teacher, its architecture at random init, raw pixels; "
                   "several give one column each"),
