@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dinolab.curate.search import kmeans
+from dinolab.curate.search import ArrayRows, kmeans
 
 
 def balanced_quotas(sizes: Sequence[int], n: int) -> np.ndarray:
@@ -35,9 +35,11 @@ def balanced_quotas(sizes: Sequence[int], n: int) -> np.ndarray:
     return quotas
 
 
-def hierarchical_kmeans(x: np.ndarray, levels: Sequence[int], backend: str = "auto",
+def hierarchical_kmeans(x: ArrayRows, levels: Sequence[int], backend: str = "auto",
                         random_seed: int = 0) -> list[np.ndarray]:
-    """For each level (finest first), the cluster of that level each row of `x` belongs to."""
+    """For each level (finest first), the cluster of that level each row of `x` belongs to. Only the finest
+    level sees the rows (a sample trains it, then all are assigned in blocks: `search.kmeans`); the coarser
+    levels cluster the centroids, in memory."""
     if list(levels) != sorted(set(levels), reverse=True):
         raise ValueError(f"cluster levels go from the finest to the coarsest, each one smaller; got {list(levels)}")
     labels, points = [], x

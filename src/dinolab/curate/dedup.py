@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dinolab.curate.search import NPROBE, knn
+from dinolab.curate.search import NPROBE, ArrayRows, knn, knn_blocks
 
 DEFAULT_THRESHOLD = 0.95
 NEIGHBORS = 32
@@ -45,18 +45,22 @@ def _components(n: int, pairs: np.ndarray) -> np.ndarray:
     return np.array([root(i) for i in range(n)])
 
 
-def duplicate_pairs(x: np.ndarray, threshold: float, neighbors: int = NEIGHBORS, backend: str = "auto",
+def duplicate_pairs(x: ArrayRows, threshold: float, neighbors: int = NEIGHBORS, backend: str = "auto",
                     nprobe: int = NPROBE) -> np.ndarray:
-    """(P, 2) row pairs (i, j), i != j, where j is among i's `neighbors` nearest rows with similarity >= threshold."""
-    sims, idx = knn(x, x, neighbors + 1, backend, nprobe=nprobe)  # + 1: a row is (one of) its own nearest
-    rows = np.broadcast_to(np.arange(len(x))[:, None], idx.shape)
-    linked = (sims >= threshold) & (idx != rows)
-    return np.stack((rows[linked], idx[linked]), 1)
+    """(P, 2) row pairs (i, j), i != j, where j is among i's `neighbors` nearest rows with similarity >= threshold.
+    Read off the k-NN graph a block of rows at a time: memory holds the pairs, never N x k neighbours."""
+    pairs = [np.empty((0, 2), dtype=np.int64)]
+    for qs, sims, idx in knn_blocks(x, x, neighbors + 1, backend, nprobe=nprobe):  # + 1: a row is its own nearest
+        rows = np.broadcast_to(np.arange(qs.start, qs.stop)[:, None], idx.shape)
+        linked = (sims >= threshold) & (idx != rows)
+        pairs.append(np.stack((rows[linked], idx[linked]), 1))
+    return np.concatenate(pairs)
 
 
-def deduplicate(x: np.ndarray, threshold: float = DEFAULT_THRESHOLD, neighbors: int = NEIGHBORS,
+def deduplicate(x: ArrayRows, threshold: float = DEFAULT_THRESHOLD, neighbors: int = NEIGHBORS,
                 backend: str = "auto", nprobe: int = NPROBE) -> Dedup:
-    """Near-duplicate groups of the rows of `x` (L2-normalized) and the rows to keep, one per group."""
+    """Near-duplicate groups of the rows of `x` (L2-normalized; in memory, memory-mapped or `Rows`) and the rows
+    to keep, one per group."""
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"a cosine-similarity threshold lies in [-1, 1], got {threshold}")
     labels = _components(len(x), duplicate_pairs(x, threshold, neighbors, backend, nprobe))
@@ -67,7 +71,7 @@ def deduplicate(x: np.ndarray, threshold: float = DEFAULT_THRESHOLD, neighbors: 
     return Dedup(keep, [group for group in members.values() if len(group) > 1])
 
 
-def too_close(pool: np.ndarray, reference: np.ndarray, threshold: float = DEFAULT_THRESHOLD,
+def too_close(pool: ArrayRows, reference: ArrayRows, threshold: float = DEFAULT_THRESHOLD,
               backend: str = "auto", nprobe: int = NPROBE) -> tuple[np.ndarray, np.ndarray]:
     """(mask of pool rows whose most similar reference row has cosine similarity >= threshold, index of
     that reference row for each pool row). Both inputs L2-normalized."""

@@ -5,7 +5,9 @@ report of every stage.
 Embeddings are the normalized [CLS] token of any backbone `dinolab.hub.load_model` reads, computed by
 `dinolab.hub.embed.embed_folder` (chunked, resumable) into a work folder next to the output, and reused
 there by later runs on the same files with the same model and settings, so trying other thresholds costs
-no second pass over the images. Stages after embedding only see L2-normalized float32 arrays.
+no second pass over the images. The readable rows are then written once more, L2-normalized, beside them; the
+stages read that file memory-mapped, a block of rows at a time, and pass the rows left after each stage down
+as indices (`search.Rows`), so no stage holds all embeddings at once.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from dinolab.curate.balance import balanced_sample, hierarchical_kmeans
-from dinolab.curate.dedup import DEFAULT_THRESHOLD, NEIGHBORS, deduplicate, too_close
+from dinolab.curate.dedup import DEFAULT_THRESHOLD, NEIGHBORS, deduplicate
 from dinolab.curate.retrieve import PER_IMAGE_MIN_SEEDS, retrieve_clusters, retrieve_per_image
-from dinolab.curate.search import NPROBE, knn, normalized
+from dinolab.curate.search import NPROBE, Rows, knn, normalized
 from dinolab.data.datasets import ImageFolder
 from dinolab.device import Runtime
 from dinolab.hub import LoadedModel, load_model
@@ -80,7 +82,7 @@ class CurateSettings:
 
 @dataclass
 class Embedded:
-    """A folder's readable images: their paths and L2-normalized embeddings (one row each)."""
+    """A folder's readable images: their paths and L2-normalized embeddings (one row each, memory-mapped)."""
 
     paths: list[str]
     x: np.ndarray
@@ -151,19 +153,30 @@ def embed_images(loaded: LoadedModel, weights: str, folder: Path, role: str, wor
                      std=cfg.data.std, runtime=runtime, quiet=quiet)
     else:
         log.info("%s embeddings from %s", role, npy)
-    rows = np.load(npy, mmap_mode="r")  # read a block at a time: memory holds the normalized copy only
+    rows = np.load(npy, mmap_mode="r")
     paths = [str(Path(folder) / p) for p in Path(f"{npy}.paths.txt").read_text().splitlines()]
     blocks = [slice(start, start + LOAD_BLOCK) for start in range(0, len(rows), LOAD_BLOCK)]
     readable = np.concatenate([~np.isnan(rows[b]).any(axis=1) for b in blocks])
     if not readable.any():
         raise ValueError(f"none of the {len(paths)} images under {role} folder {folder} could be read")
-    x = np.empty((int(readable.sum()), rows.shape[1]), dtype=np.float32)
-    done = 0
-    for b in blocks:
-        part = normalized(rows[b][readable[b]])
-        x[done:done + len(part)], done = part, done + len(part)
-    return Embedded([p for p, ok in zip(paths, readable, strict=True) if ok], x,
+    unit = npy.with_suffix(".normalized.npy")
+    if not unit.is_file():
+        write_normalized(rows, readable, unit)
+    return Embedded([p for p, ok in zip(paths, readable, strict=True) if ok], np.load(unit, mmap_mode="r"),
                     [p for p, ok in zip(paths, readable, strict=True) if not ok])
+
+
+def write_normalized(rows: np.ndarray, readable: np.ndarray, path: Path) -> None:
+    """The `readable` rows of `rows`, L2-normalized, as the .npy `path`, a block at a time (never all in memory),
+    written atomically: the stages then read it memory-mapped."""
+    with atomic_path(path, needed_bytes=int(readable.sum()) * rows.shape[1] * 4) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(int(readable.sum()), rows.shape[1]))
+        done = 0
+        for start in range(0, len(rows), LOAD_BLOCK):
+            part = normalized(rows[start:start + LOAD_BLOCK][readable[start:start + LOAD_BLOCK]])
+            out[done:done + len(part)], done = part, done + len(part)
+        out.flush()
+        del out
 
 
 def weights_digest(loaded: LoadedModel) -> str:
@@ -224,9 +237,15 @@ def _deduplicate(data: Embedded, settings: CurateSettings, report: CurateReport,
 def _decontaminate(data: Embedded, rows: np.ndarray, references: list[Embedded], settings: CurateSettings,
                    report: CurateReport) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    ref_paths = [p for r in references for p in r.paths]
-    close, nearest = too_close(data.x[rows], np.concatenate([r.x for r in references]), settings.exclude_threshold,
-                               settings.search, settings.nprobe)
+    pool = Rows(data.x, rows)
+    best = np.full(len(rows), -np.inf, dtype=np.float32)  # each pool row's most similar evaluation image so far
+    nearest, offset, ref_paths = np.zeros(len(rows), dtype=np.int64), 0, []
+    for reference in references:  # one set at a time: ties go to the earlier set, as in one concatenated search
+        sims, idx = knn(pool, reference.x, 1, settings.search, nprobe=settings.nprobe)
+        closer = sims[:, 0] > best
+        best[closer], nearest[closer] = sims[closer, 0], idx[closer, 0] + offset
+        offset, ref_paths = offset + len(reference.paths), ref_paths + reference.paths
+    close = best >= settings.exclude_threshold
     if close.all():
         raise ValueError(f"all {len(rows)} pool images are within --exclude-threshold "
                          f"{settings.exclude_threshold} of an --exclude image: raise it, or check the folders")
@@ -243,12 +262,13 @@ def _retrieve(data: Embedded, rows: np.ndarray, seeds: Embedded, settings: Curat
     report.retrieval = mode
     log.info("retrieving from %d pool images with %d seed images (%s retrieval)", len(rows), len(seeds.paths), mode)
     if mode == "image":
-        kept = rows[retrieve_per_image(data.x[rows], seeds.x, settings.neighbors, settings.search, settings.nprobe)]
+        kept = rows[retrieve_per_image(Rows(data.x, rows), seeds.x, settings.neighbors, settings.search,
+                                       settings.nprobe)]
     else:
         clusters = min(settings.retrieval_clusters or max(1, round(len(rows) ** 0.5)), len(rows))
-        kept = rows[retrieve_clusters(data.x[rows], seeds.x, clusters, settings.per_cluster, settings.search,
+        kept = rows[retrieve_clusters(Rows(data.x, rows), seeds.x, clusters, settings.per_cluster, settings.search,
                                       settings.random_seed)]
-    nearest = knn(seeds.x[:EXAMPLES], data.x[kept], GRID_COLUMNS - 1, "exact")[1]  # what a few seeds brought
+    nearest = knn(seeds.x[:EXAMPLES], Rows(data.x, kept), GRID_COLUMNS - 1, "exact")[1]  # what a few seeds brought
     report.retrieved_examples = [[seeds.paths[s], *(data.paths[kept[j]] for j in row)] for s, row in enumerate(nearest)]
     return kept, started
 
@@ -262,7 +282,7 @@ def _balance(data: Embedded, rows: np.ndarray, settings: CurateSettings,
     levels = sorted({min(k, len(rows)) for k in settings.clusters}, reverse=True)  # no more clusters than images
     log.info("balancing %d images to %d: hierarchical k-means with %s clusters", len(rows), settings.target,
              ",".join(map(str, levels)))
-    labels = hierarchical_kmeans(data.x[rows], levels, settings.search, settings.random_seed)
+    labels = hierarchical_kmeans(Rows(data.x, rows), levels, settings.search, settings.random_seed)
     return rows[balanced_sample(labels, settings.target, settings.random_seed)], started
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from dinolab.curate.search import NPROBE, kmeans, knn, normalized
+from dinolab.curate.search import NPROBE, ArrayRows, kmeans, knn, normalized
 
 PER_IMAGE_MIN_SEEDS = 1000  # "auto" retrieval: per image from this many seed images on, clusters below
 
 
-def retrieve_per_image(pool: np.ndarray, seed: np.ndarray, n: int = 4, backend: str = "auto",
+def retrieve_per_image(pool: ArrayRows, seed: ArrayRows, n: int = 4, backend: str = "auto",
                        nprobe: int = NPROBE) -> np.ndarray:
     """Sorted pool indices: the union of every seed row's n most similar pool rows (L2-normalized inputs)."""
     if n < 1:
@@ -24,7 +24,7 @@ def retrieve_per_image(pool: np.ndarray, seed: np.ndarray, n: int = 4, backend: 
     return np.unique(found[found >= 0])  # -1: an approximate index found fewer than n
 
 
-def retrieve_clusters(pool: np.ndarray, seed: np.ndarray, clusters: int, per_cluster: int | None = None,
+def retrieve_clusters(pool: ArrayRows, seed: ArrayRows, clusters: int, per_cluster: int | None = None,
                       backend: str = "auto", random_seed: int = 0) -> np.ndarray:
     """Sorted pool indices drawn from the pool clusters nearest to the seed rows: all their members, or
     `per_cluster` of each drawn at random (fewer where a cluster is smaller)."""
