@@ -309,3 +309,19 @@ def test_load_model_gives_the_input_config(tmp_path: Path, trained_run: Path) ->
     assert (released.config.model.patch_size, released.config.model.in_chans) == (14, 3)
     assert released.config.data.mean == (0.485, 0.456, 0.406) and released.config.data.global_crops_size == 224
     assert_loaded(released.backbone, official, {})
+
+
+@pytest.mark.parametrize("with_metadata", [True, False])
+def test_conv_stem_backbone_round_trip(tmp_path: Path, with_metadata: bool) -> None:
+    """A ViT with a convolutional stem reloads with its stem: from a dinolab export (architecture in the
+    metadata) and from a bare state dict (stem widths and image channels read from the weights)."""
+    model = VisionTransformer(img_size=28, patch_size=7, in_chans=1, embed_dim=DIM, depth=1, num_heads=HEADS,
+                              conv_stem=(4, 6)).eval()
+    if with_metadata:
+        path = save_backbone(model, tmp_path / "stem.safetensors")
+    else:
+        path = save(model.state_dict(), tmp_path / "stem.pth")
+    again = load_backbone(path, num_heads=HEADS)
+    assert again.conv_stem == (4, 6) and again.in_chans == 1
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)

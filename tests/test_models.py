@@ -309,6 +309,19 @@ def test_patch_embed_shape() -> None:
     assert embed(torch.randn(2, 3, 8, 12)).shape == (2, 6, 8)
 
 
+def test_conv_stem_runs_at_full_resolution_before_the_patch_projection() -> None:
+    embed = PatchEmbed(patch_size=7, in_chans=1, embed_dim=8, stem_widths=(4, 6))
+    convs = [m for m in embed.stem if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(1, 4, (1, 1)), (4, 6, (1, 1))]
+    assert embed.proj.in_channels == 6
+    x = torch.randn(2, 1, 28, 14)
+    assert embed(x).shape == (2, 8, 8)
+    expected = embed.proj(embed.stem(x)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(embed(x), expected)
+    model = small_vit(conv_stem=(4, 6))
+    assert model.forward_features(torch.randn(2, 1, 28, 28))["x_norm_clstoken"].shape == (2, 32)
+
+
 # ---------------------------------------------------------------- DINO head
 
 

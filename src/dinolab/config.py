@@ -43,6 +43,9 @@ class ModelConfig:
     layerscale_init: float | None = None  # e.g. 1e-5 for DINOv2; None disables LayerScale
     ffn: str = "mlp"  # mlp | swiglu
     qkv_bias: bool = True
+    # widths of 3x3 convolutions run at full resolution before the patch projection (a convolutional stem for
+    # images of a few dozen pixels, see models/layers.PatchEmbed); empty = the plain linear patch embedding
+    conv_stem: tuple[int, ...] = ()
     # ResNet students: pixels per cell of the last feature map, set by the stem: 32 (torchvision's) | 16 | 8 (3x3
     # stride-1 conv, with | without max-pool: for images of a few dozen pixels; see models/resnet.py); ViTs ignore it
     resnet_stride: int = 32
@@ -415,6 +418,7 @@ def validate(cfg: Config) -> None:
         (cfg.model.in_chans in (1, 3), "model.in_chans", "must be 1 or 3"),
         (0 <= cfg.model.drop_path_rate < 1, "model.drop_path_rate", "must be in [0, 1)"),
         (cfg.model.num_register_tokens >= 0, "model.num_register_tokens", "must be >= 0"),
+        (all(w > 0 for w in cfg.model.conv_stem), "model.conv_stem", "must list positive convolution widths"),
         (cfg.model.ffn in ("mlp", "swiglu"), "model.ffn", "must be mlp or swiglu"),
         (cfg.head.out_dim > 0 and cfg.head.nlayers >= 1, "head", "out_dim > 0 and nlayers >= 1"),
         (cfg.data.dataset in ("folder", "fmnist"), "data.dataset", "must be folder or fmnist"),

@@ -149,7 +149,11 @@ def infer_vit_kwargs(state: dict[str, Tensor], layout: str = "dinov2", num_heads
     num_heads = num_heads or HEADS_BY_WIDTH.get(dim)
     if num_heads is None:
         raise CheckpointError(f"cannot tell the number of heads of a {dim}-wide ViT; pass num_heads= or arch=")
-    out_chans, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
+    _, in_chans, patch, _ = state["patch_embed.proj.weight"].shape
+    stem_key = re.compile(r"patch_embed\.stem\.(\d+)\.weight")
+    stem = sorted((int(m[1]), state[k].shape) for k in state if (m := stem_key.fullmatch(k)))
+    if stem:  # a convolutional stem: the image channels are its first convolution's inputs
+        in_chans = stem[0][1][1]
     side = math.isqrt(state["pos_embed"].shape[1] - 1)
     depth = 1 + max(int(m[1]) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
     registers = state["register_tokens"].shape[1] if "register_tokens" in state else 0
@@ -166,6 +170,7 @@ def infer_vit_kwargs(state: dict[str, Tensor], layout: str = "dinov2", num_heads
         layerscale_init=1e-5 if "blocks.0.ls1.gamma" in state else None,
         ffn="swiglu" if swiglu else "mlp",
         num_register_tokens=registers,
+        conv_stem=tuple(shape[0] for _, shape in stem),
         **INTERPOLATION[layout, bool(registers)],
     )
     if hidden is not None:

@@ -28,6 +28,7 @@ def backbone_kwargs(cfg: Config, drop_path_rate: float | None = None) -> dict[st
         "layerscale_init": m.layerscale_init,
         "ffn": m.ffn,
         "qkv_bias": m.qkv_bias,
+        "conv_stem": m.conv_stem,
     }
 
 
@@ -84,4 +85,5 @@ def vit_kwargs_of(model: VisionTransformer) -> dict[str, Any]:
         num_register_tokens=model.num_register_tokens,
         interpolate_offset=model.interpolate_offset,
         interpolate_antialias=model.interpolate_antialias,
+        conv_stem=model.conv_stem,
     )

@@ -43,6 +43,7 @@ class VisionTransformer(nn.Module):
         num_register_tokens: int = 0,
         interpolate_offset: float = 0.0,
         interpolate_antialias: bool = False,
+        conv_stem: tuple[int, ...] = (),
     ):
         super().__init__()
         self.patch_size = patch_size
@@ -52,7 +53,8 @@ class VisionTransformer(nn.Module):
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.num_register_tokens = num_register_tokens
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.conv_stem = tuple(conv_stem)
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, self.conv_stem)
         grid = img_size // patch_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, embed_dim))
