@@ -75,6 +75,23 @@ def test_constant_images_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     assert any("near uniform" in m for m in warnings_of(caplog)), warnings_of(caplog)
 
 
+def test_near_uniform_targets_with_a_rising_knn_are_not_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Near-uniform targets while the k-NN check is well above random init (KoLeo teaching, as in the demo):
+    said at INFO with the k-NN gain, not warned; the same run without the gain warns (test above)."""
+    monkeypatch.setattr(KNNMonitor, "__call__", lambda self, model: 60.0)
+    monkeypatch.setattr(KNNMonitor, "random_init", lambda self, model: 50.0)
+    data = write_images(tmp_path / "data", np.zeros((64, 28, 28), np.uint8), np.arange(64, dtype=np.uint8) % 4)
+    cfg = tiny_config(data, tmp_path / "run", optim={"epochs": 2}, head=DEMO_HEAD,
+                      eval={"knn_every": 1, "knn_monitor_train": 20, "knn_monitor_test": 8})
+    with caplog.at_level(logging.INFO, logger=MONITOR):
+        fit(cfg, quiet=True)
+    assert not any("near uniform" in m for m in warnings_of(caplog)), warnings_of(caplog)
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and r.name == MONITOR]
+    assert any("near uniform" in m and "10.0 points above random init" in m for m in infos), infos
+
+
 def test_learning_rate_zero_warns(fmnist_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """lr ~ 0: the teacher stays at its random init, whose targets carry next to no information."""
     cfg = tiny_config(fmnist_dir, tmp_path / "run", optim={"epochs": 3, "lr": 1e-9, "min_lr": 1e-10}, head=DEMO_HEAD)

@@ -169,6 +169,7 @@ class TrainingMonitor:
         if cfg.loss.ibot_weight > 0:
             self.uniform_watches.append(UniformTargetsWatch("iBOT patch", "ibot_", cfg.head.patch_out_dim, stretch))
         self._warned_knn = False
+        self._knn_gain: float | None = None  # last k-NN check minus random init (points)
         self._window_start, self._window_images = time.perf_counter(), 0
 
     def after_step(
@@ -214,9 +215,15 @@ class TrainingMonitor:
         return record
 
     def _warn_if_not_learning(self, record: dict[str, Any]) -> None:
+        if "knn_top1" in record:
+            self._knn_gain = record["knn_top1"] - record["knn_random_init"]
         for watch in self.uniform_watches:
             warning = watch.update(record)
-            if warning:
+            if warning and self._knn_gain is not None and self._knn_gain >= KNN_LEARNING_MARGIN:
+                # near-uniform targets while the features improve: the other terms (KoLeo) teach, not a failure
+                log.info("%s targets: %s But the last k-NN check is %.1f points above random init: the features are "
+                         "learning anyway (from KoLeo, when it is on).", watch.name, warning, self._knn_gain)
+            elif warning:
                 log.warning("%s targets: %s", watch.name, warning)
         if "knn_top1" in record and not self._warned_knn and record["knn_top1"] < record["knn_random_init"]:
             self._warned_knn = True
@@ -275,6 +282,10 @@ UNIFORM_ENTROPY_FRACTION = 0.85
 UNIFORM_MAX_KL_FRACTION = 0.15
 UNIFORM_STRETCH_EPOCHS = 0.25
 UNIFORM_MIN_LOGGED_STEPS = 3
+# ... unless the last k-NN check is this many points above random init: then the features learn anyway. With KoLeo
+# 0.3 and a teacher temperature of 0.07 (docs/small_data.md, third round) the targets stay at 0.97 log K while the
+# k-NN rises 6-7 points above random init: KoLeo teaches what the near-uniform DINO targets do not.
+KNN_LEARNING_MARGIN = 2.0
 
 
 def targets_near_uniform(teacher_entropy: float, kl: float, num_prototypes: int) -> bool:
