@@ -35,7 +35,7 @@ $(CHROMIUM):
 demo: install $(FMNIST)
 	$(BIN)/dinolab demo $(RECIPE)
 
-# The demo recipe for 20 epochs (~100 min on 2 cores): docs/small_data.md
+# The demo recipe for 18 epochs (~110 min on 2 cores, estimated): docs/small_data.md
 demo-long: install $(FMNIST)
 	$(BIN)/dinolab demo dino_vit_tiny_fmnist_long
 
