@@ -108,6 +108,17 @@ def test_too_close_flags_copies_of_reference_images() -> None:
     assert np.flatnonzero(close).tolist() == [10, 20] and nearest[[10, 20]].tolist() == [0, 1]
 
 
+
+def test_too_close_over_several_reference_sets_equals_one_concatenated_search() -> None:
+    pool = unit_rows(100)
+    first, second = normalized(pool[[10, 20]] + 0.01), normalized(pool[[20, 30]] + 0.02)
+    together = too_close(pool, np.concatenate([first, second]), 0.95)
+    separately = too_close(pool, [first, second], 0.95)
+    for a, b in zip(together, separately, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert np.flatnonzero(separately[0]).tolist() == [10, 20, 30]
+
+
 def test_per_image_retrieval_is_the_union_of_true_neighbours() -> None:
     pool, seed = unit_rows(400), unit_rows(12, seed=2)
     expected = np.unique(np.argsort(-(seed @ pool.T), axis=1)[:, :4])

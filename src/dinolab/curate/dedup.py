@@ -12,11 +12,12 @@ the choice does not depend on the search backend or on the order pairs are found
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from dinolab.curate.search import NPROBE, ArrayRows, knn, knn_blocks
+from dinolab.curate.search import NPROBE, ArrayRows, Rows, knn, knn_blocks
 
 DEFAULT_THRESHOLD = 0.95
 NEIGHBORS = 32
@@ -71,9 +72,19 @@ def deduplicate(x: ArrayRows, threshold: float = DEFAULT_THRESHOLD, neighbors: i
     return Dedup(keep, [group for group in members.values() if len(group) > 1])
 
 
-def too_close(pool: ArrayRows, reference: ArrayRows, threshold: float = DEFAULT_THRESHOLD,
+def too_close(pool: ArrayRows, references: ArrayRows | Sequence[ArrayRows], threshold: float = DEFAULT_THRESHOLD,
               backend: str = "auto", nprobe: int = NPROBE) -> tuple[np.ndarray, np.ndarray]:
     """(mask of pool rows whose most similar reference row has cosine similarity >= threshold, index of
-    that reference row for each pool row). Both inputs L2-normalized."""
-    sims, idx = knn(pool, reference, 1, backend, nprobe=nprobe)
-    return sims[:, 0] >= threshold, idx[:, 0]
+    that reference row for each pool row; -1 where the search found none). All inputs L2-normalized.
+    `references`: one array or several (evaluation sets), searched one at a time rather than concatenated;
+    the index is then into their concatenation, ties going to the earlier set as one search would."""
+    if isinstance(references, (np.ndarray, Rows)):
+        references = [references]
+    best = np.full(len(pool), -np.inf, dtype=np.float32)  # each pool row's most similar reference row so far
+    nearest, offset = np.full(len(pool), -1, dtype=np.int64), 0
+    for reference in references:
+        sims, idx = knn(pool, reference, 1, backend, nprobe=nprobe)
+        closer = sims[:, 0] > best
+        best[closer], nearest[closer] = sims[closer, 0], idx[closer, 0] + offset
+        offset += len(reference)
+    return best >= threshold, nearest

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from dinolab.curate.balance import balanced_sample, hierarchical_kmeans
-from dinolab.curate.dedup import DEFAULT_THRESHOLD, NEIGHBORS, deduplicate
+from dinolab.curate.dedup import DEFAULT_THRESHOLD, NEIGHBORS, deduplicate, too_close
 from dinolab.curate.retrieve import PER_IMAGE_MIN_SEEDS, retrieve_clusters, retrieve_per_image
 from dinolab.curate.search import NPROBE, Rows, knn, normalized
 from dinolab.data.datasets import ImageFolder
@@ -237,15 +237,9 @@ def _deduplicate(data: Embedded, settings: CurateSettings, report: CurateReport,
 def _decontaminate(data: Embedded, rows: np.ndarray, references: list[Embedded], settings: CurateSettings,
                    report: CurateReport) -> tuple[np.ndarray, float]:
     started = time.perf_counter()
-    pool = Rows(data.x, rows)
-    best = np.full(len(rows), -np.inf, dtype=np.float32)  # each pool row's most similar evaluation image so far
-    nearest, offset, ref_paths = np.zeros(len(rows), dtype=np.int64), 0, []
-    for reference in references:  # one set at a time: ties go to the earlier set, as in one concatenated search
-        sims, idx = knn(pool, reference.x, 1, settings.search, nprobe=settings.nprobe)
-        closer = sims[:, 0] > best
-        best[closer], nearest[closer] = sims[closer, 0], idx[closer, 0] + offset
-        offset, ref_paths = offset + len(reference.paths), ref_paths + reference.paths
-    close = best >= settings.exclude_threshold
+    ref_paths = [p for r in references for p in r.paths]
+    close, nearest = too_close(Rows(data.x, rows), [r.x for r in references], settings.exclude_threshold,
+                               settings.search, settings.nprobe)
     if close.all():
         raise ValueError(f"all {len(rows)} pool images are within --exclude-threshold "
                          f"{settings.exclude_threshold} of an --exclude image: raise it, or check the folders")
