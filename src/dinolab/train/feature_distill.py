@@ -125,7 +125,7 @@ class FeatureDistiller:
         self.student_forward = distribute(self.student, self.teacher, self.parallel, world, runtime)
         d = cfg.distill
         self.loss = FeatureDistillLoss(d.cls_weight, d.patch_weight, d.similarity_temp)
-        self.optimizer = make_optimizer(self.student, cfg.optim, runtime)
+        self.optimizer = make_optimizer(self.student, cfg.optim)
         self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.precision == "fp16")
         self.clip_grad = cfg.optim.clip_grad
         self.clipped_together = clip_groups(self.student, cfg.optim.clip_mode)

@@ -84,7 +84,7 @@ class Trainer:
         )
         self.weights = {"dino": c.dino_weight, "ibot": c.ibot_weight, "koleo": c.koleo_weight,
                         "gram": c.gram_weight, "anchor": c.anchor_weight}
-        self.optimizer = make_optimizer(self.student, cfg.optim, runtime)
+        self.optimizer = make_optimizer(self.student, cfg.optim)
         self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.precision == "fp16")
         self.last_layers = [
             p for name, p in self.student.named_parameters() if ".last_layer." in name and p.requires_grad
