@@ -11,7 +11,7 @@ from torch import nn
 
 from dinolab.models import ARCH_SIZES, DINOHead, MultiCropWrapper, VisionTransformer, vit
 from dinolab.models.heads import WeightNormLinear
-from dinolab.models.layers import Attention, Block, DropPath, LayerScale, PatchEmbed, SwiGLU
+from dinolab.models.layers import Attention, Block, ChannelsLastConv2d, DropPath, LayerScale, PatchEmbed, SwiGLU
 
 D = 32  # small_vit's embed_dim
 
@@ -320,6 +320,27 @@ def test_conv_stem_runs_at_full_resolution_before_the_patch_projection() -> None
     torch.testing.assert_close(embed(x), expected)
     model = small_vit(conv_stem=(4, 6))
     assert model.forward_features(torch.randn(2, 1, 28, 28))["x_norm_clstoken"].shape == (2, 32)
+
+
+def test_channels_last_convolution_equals_a_plain_one_and_keeps_ordinary_parameters() -> None:
+    """The stem computes in channels-last layout for speed only: same outputs and gradients as nn.Conv2d, and
+    parameters that stay contiguous (safetensors refuses strided tensors)."""
+    torch.manual_seed(0)
+    fast = ChannelsLastConv2d(3, 5, kernel_size=3, padding=1)
+    plain = nn.Conv2d(3, 5, kernel_size=3, padding=1)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 9, 9, requires_grad=True)
+    out_fast, out_plain = fast(x), plain(x)
+    torch.testing.assert_close(out_fast, out_plain)
+    grad = torch.randn_like(out_plain)
+    grads_fast = torch.autograd.grad(out_fast, (x, fast.weight, fast.bias), grad)
+    grads_plain = torch.autograd.grad(out_plain, (x, plain.weight, plain.bias), grad)
+    for a, b in zip(grads_fast, grads_plain, strict=True):
+        torch.testing.assert_close(a, b)
+    assert all(p.is_contiguous() for p in fast.parameters())
+    assert all(isinstance(m, ChannelsLastConv2d) for m in PatchEmbed(7, 1, 8, stem_widths=(4,)).modules()
+               if isinstance(m, nn.Conv2d))
+    assert type(PatchEmbed(7, 1, 8).proj) is nn.Conv2d  # no stem: the plain projection, as before
 
 
 # ---------------------------------------------------------------- DINO head
