@@ -161,7 +161,7 @@ def stage_train(root: Path, arm: str, args: argparse.Namespace) -> dict:
     out = root / "runs" / (arm if args.train_seed == 0 else f"{arm}_seed{args.train_seed}")
     cmd = [DINOLAB, "train", "dino_vit_tiny_fmnist", "data.dataset=folder",
            f"data.file_list={root / f'{arm}_budget.txt'}", f"data.mean=[{MEAN[0]}]", f"data.std=[{STD[0]}]",
-           "optim.epochs=1", "train.num_threads=2", "eval.knn_every=0", f"train.output_dir={out}",
+           "optim.epochs=1", "data.num_workers=1", "train.num_threads=2", "eval.knn_every=0", f"train.output_dir={out}",
            *([f"train.seed={args.train_seed}"] if args.train_seed else [])]
     train_s = run(cmd)
     torch.set_num_threads(2)
@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=4000, help="list entries = images seen in the one epoch")
     parser.add_argument("--train-seed", type=int, default=0, help="train: train.seed (0: the recipe's)")
     parser.add_argument("--note", default="", help="report: a line on how the run went")
+    parser.add_argument("--machine", default="2-core CPU (OMP_NUM_THREADS=2)", help="report: the machine, in words")
     parser.add_argument("--fmnist-dir", default="/usr/share/datasets/fashion-mnist")
     args = parser.parse_args()
     root = Path(args.workdir)
@@ -208,7 +209,7 @@ def main() -> None:
     if args.stage == "report":
         parts = {p.stem: json.loads(p.read_text()) for p in sorted(root.glob("stage_*.json"))}
         print(json.dumps({"date": time.strftime("%Y-%m-%d", time.gmtime()),
-                          "machine": "shared 2-core CPU, other jobs running (OMP_NUM_THREADS=2)",
+                          "machine": args.machine,
                           "note": args.note, **parts}, indent=1))
         return
     if args.stage == "build":
