@@ -60,12 +60,12 @@ def trainer_variant(cfg: config_lib.Config, variant: str) -> Trainer:
     return trainer
 
 
+CHANNELS_LAST_FORWARD = ChannelsLastConv2d.forward  # the shipped forward, kept to put back after a "before" round
+
+
 def stem_layout(channels_last: bool) -> None:
     """The stem's convolutions in channels-last layout (as shipped) or as a plain Conv2d computes them."""
     ChannelsLastConv2d.forward = CHANNELS_LAST_FORWARD if channels_last else nn.Conv2d.forward
-
-
-CHANNELS_LAST_FORWARD = ChannelsLastConv2d.forward
 
 
 def next_step(trainer: Trainer, batches: Iterator[list[Tensor]], schedule: StepSchedule) -> None:
