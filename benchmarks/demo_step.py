@@ -56,7 +56,7 @@ def trainer_variant(cfg: config_lib.Config, variant: str) -> Trainer:
     trainer = Trainer(cfg, resolve(cfg.train.device, cfg.train.precision))
     if variant in ("before", "channels_last"):  # the optimizer as it was: foreach, same groups
         groups = param_groups(trainer.student, cfg.optim.layer_decay, cfg.optim.patch_embed_lr_mult)
-        trainer.optimizer = torch.optim.AdamW(groups, lr=0.0, betas=cfg.optim.betas, foreach=True)
+        trainer.optimization.optimizer = torch.optim.AdamW(groups, lr=0.0, betas=cfg.optim.betas, foreach=True)
     return trainer
 
 

@@ -201,12 +201,12 @@ def test_trainer_step_applies_the_lr_scales(fmnist_dir: Path, tmp_path: Path) ->
     loss, stats = trainer.step(random_crops(8, seed=1), sched, masks)
     assert math.isfinite(loss.item()) and {"dino_loss", "ibot_loss", "koleo_loss"} <= set(stats)
 
-    for group in trainer.optimizer.param_groups:
+    for group in trainer.optimization.optimizer.param_groups:
         assert group["lr"] == sched.lr * group["lr_scale"]
         assert group["weight_decay"] == 0.0
     names = {id(p): n for n, p in trainer.student.named_parameters()}
     checked = set()
-    for group in trainer.optimizer.param_groups:
+    for group in trainer.optimization.optimizer.param_groups:
         for p in group["params"]:
             name = names[id(p)]
             g = p.grad.abs()  # the (clipped) gradient Adam used
@@ -277,9 +277,9 @@ def test_high_resolution_phase_resizes_the_position_embedding_and_nothing_else(
         _lowres_backbone(cfg, saved).interpolate_pos_encoding(42, 42).detach(),
     )
 
-    new_opt, old_opt = trainer.optimizer.state_dict(), saved["optimizer"]
+    new_opt, old_opt = trainer.optimization.optimizer.state_dict(), saved["optimizer"]
     assert new_opt["param_groups"] == old_opt["param_groups"]
-    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    params = [p for group in trainer.optimization.optimizer.param_groups for p in group["params"]]
     pos_index = next(i for i, p in enumerate(params) if p is trainer.student.backbone.pos_embed)
     assert new_opt["state"].keys() == old_opt["state"].keys() and pos_index in old_opt["state"]
     for index, moments in old_opt["state"].items():

@@ -34,7 +34,7 @@ from dinolab.io import BACKBONE_PREFIX, CheckpointError, check_state_fits
 from dinolab.losses.feature_distill import FeatureDistillLoss
 from dinolab.models.build import build_backbone
 from dinolab.models.vit import VisionTransformer
-from dinolab.train.optim import clip_and_step, clip_groups, make_optimizer, set_lr_and_wd
+from dinolab.train.optim import Optimization
 from dinolab.train.parallel import distribute, load_model_state, load_optimizer_state, model_state, optimizer_state
 from dinolab.train.schedules import StepSchedule
 from dinolab.train.trainer import NonFiniteLossError, parallel_mode
@@ -125,10 +125,7 @@ class FeatureDistiller:
         self.student_forward = distribute(self.student, self.teacher, self.parallel, world, runtime)
         d = cfg.distill
         self.loss = FeatureDistillLoss(d.cls_weight, d.patch_weight, d.similarity_temp)
-        self.optimizer = make_optimizer(self.student, cfg.optim)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.precision == "fp16")
-        self.clip_grad = cfg.optim.clip_grad
-        self.clipped_together = clip_groups(self.student, cfg.optim.clip_mode)
+        self.optimization = Optimization(self.student, cfg.optim, runtime.precision)
 
     def step(
         self,
@@ -139,7 +136,7 @@ class FeatureDistiller:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Teacher and student on the global crops, the loss, an AdamW step. `masks` is unused (the config
         refuses masking); it keeps the Trainer's signature. Returns the loss and its two terms."""
-        set_lr_and_wd(self.optimizer, schedule.lr, schedule.weight_decay)
+        self.optimization.set_lr_and_wd(schedule.lr, schedule.weight_decay)
         self.student.train()  # the k-NN check leaves the backbone in eval mode
         images = torch.cat(crops[:NUM_GLOBAL_CROPS]).to(self.runtime.device, non_blocking=True)
         with self.runtime.autocast():
@@ -152,9 +149,8 @@ class FeatureDistiller:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()}")
         with phase("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-        clip_and_step(self.optimizer, self.scaler, self.clipped_together, self.clip_grad, phase)
+            self.optimization.backward(loss)
+        self.optimization.step(phase)
         return loss.detach(), stats
 
     def teacher_input(self, images: Tensor) -> Tensor:
@@ -174,8 +170,8 @@ class FeatureDistiller:
         return {
             "student": model_state(self.student),
             "teacher": {BACKBONE_PREFIX + k: v for k, v in self.student.backbone.state_dict().items()},
-            "optimizer": optimizer_state(self.student, self.optimizer),
-            "scaler": self.scaler.state_dict(),
+            "optimizer": optimizer_state(self.student, self.optimization.optimizer),
+            "scaler": self.optimization.scaler.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
@@ -183,5 +179,5 @@ class FeatureDistiller:
         (its student has heads) and says so, key by key."""
         check_state_fits(self.student, state["student"], f"{source} (student)")
         load_model_state(self.student, state["student"])
-        load_optimizer_state(self.student, self.optimizer, state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        load_optimizer_state(self.student, self.optimization.optimizer, state["optimizer"])
+        self.optimization.scaler.load_state_dict(state["scaler"])

@@ -1,5 +1,6 @@
 """The optimizer side of training: AdamW parameter groups (no decay on vectors, layer-wise lr decay), the
-learning-rate scaling rule, and gradient clipping (DINO's per parameter, DINOv2's per module, or global)."""
+learning-rate scaling rule, and gradient clipping (DINO's per parameter, DINOv2's per module, or global);
+`Optimization` puts them together for the trainers."""
 
 from __future__ import annotations
 
@@ -54,14 +55,6 @@ def make_optimizer(model: MultiCropWrapper, cfg: OptimConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, fused=True)
 
 
-def set_lr_and_wd(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float) -> None:
-    """This iteration's values, times each group's lr_scale; weight decay only where it applies."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group["lr_scale"]
-        if group["apply_wd"]:
-            group["weight_decay"] = weight_decay
-
-
 def scaled_lr(lr: float, batch_size: int, rule: str) -> float:
     """The peak lr for a batch size: DINO/iBOT scale linearly from batch 256, DINOv2 by sqrt from 1024."""
     return lr * batch_size / 256 if rule == "linear" else lr * math.sqrt(batch_size / 1024)
@@ -100,16 +93,35 @@ def clip_gradients(groups: list[list[nn.Parameter]], max_norm: float) -> None:
         torch._foreach_mul_(grads, list(scales.unbind()))
 
 
-def clip_and_step(
-    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, clipped_together: list[list[nn.Parameter]],
-    max_norm: float, phase: Callable[[str], AbstractContextManager],
-) -> None:
-    """The end of every training step once the gradients are final: unscale (fp16), clip (`clip_groups`; 0 = off),
-    AdamW step; each part inside `phase(name)` (profiler labels, or the benchmarks' timers)."""
-    with phase("clip"):
-        if max_norm:
-            scaler.unscale_(optimizer)
-            clip_gradients(clipped_together, max_norm)
-    with phase("optimizer"):
-        scaler.step(optimizer)
-        scaler.update()
+class Optimization:
+    """The way from a loss to new weights, the same for every trainer: AdamW (`make_optimizer`), the fp16 loss
+    scaler (a no-op in bf16 and fp32), and gradient clipping (`clip_groups`, `optim.clip_grad`; 0 = off)."""
+
+    def __init__(self, model: nn.Module, cfg: OptimConfig, precision: str) -> None:
+        self.optimizer = make_optimizer(model, cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+        self.max_norm = cfg.clip_grad
+        self.clipped_together = clip_groups(model, cfg.clip_mode)
+
+    def set_lr_and_wd(self, lr: float, weight_decay: float) -> None:
+        """This iteration's values, times each group's lr_scale; weight decay only where it applies."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+            if group["apply_wd"]:
+                group["weight_decay"] = weight_decay
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """This step's gradients, replacing the last step's."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+
+    def step(self, phase: Callable[[str], AbstractContextManager]) -> None:
+        """The end of every training step once the gradients are final: unscale (fp16), clip, AdamW step; each
+        part inside `phase(name)` (profiler labels, or the benchmarks' timers)."""
+        with phase("clip"):
+            if self.max_norm:
+                self.scaler.unscale_(self.optimizer)
+                clip_gradients(self.clipped_together, self.max_norm)
+        with phase("optimizer"):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()

@@ -56,7 +56,7 @@ def _dcp_state(trainer: Trainer) -> dict[str, Any]:
     state: dict[str, Any] = {
         "student": get_model_state_dict(trainer.student),
         "teacher": get_model_state_dict(trainer.teacher),
-        "optimizer": get_optimizer_state_dict(trainer.student, trainer.optimizer),
+        "optimizer": get_optimizer_state_dict(trainer.student, trainer.optimization.optimizer),
         "dino_loss": trainer.dino_loss.state_dict(),
     }
     if trainer.ibot_loss is not None:
@@ -131,7 +131,7 @@ def load_sharded(trainer: Trainer, folder: Path, world: World) -> dict[str, int]
         ) from err
     for entry in MODEL_ENTRIES:
         set_model_state_dict(getattr(trainer, entry), state[entry])
-    set_optimizer_state_dict(trainer.student, trainer.optimizer, state["optimizer"])
+    set_optimizer_state_dict(trainer.student, trainer.optimization.optimizer, state["optimizer"])
     trainer.dino_loss.load_state_dict(state["dino_loss"])
     if trainer.ibot_loss is not None:
         trainer.ibot_loss.load_state_dict(state["ibot_loss"])

@@ -31,7 +31,7 @@ from dinolab.train.adapt import BackboneFreeze, resolve_init
 from dinolab.train.distill import load_distillation_teacher
 from dinolab.train.ema import EMATeacher
 from dinolab.train.highres import resize_position_embeddings
-from dinolab.train.optim import clip_and_step, clip_groups, make_optimizer, set_lr_and_wd
+from dinolab.train.optim import Optimization
 from dinolab.train.parallel import distribute, load_model_state, load_optimizer_state, model_state, optimizer_state
 from dinolab.train.schedules import StepSchedule
 
@@ -84,13 +84,10 @@ class Trainer:
         )
         self.weights = {"dino": c.dino_weight, "ibot": c.ibot_weight, "koleo": c.koleo_weight,
                         "gram": c.gram_weight, "anchor": c.anchor_weight}
-        self.optimizer = make_optimizer(self.student, cfg.optim)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.precision == "fp16")
+        self.optimization = Optimization(self.student, cfg.optim, runtime.precision)
         self.last_layers = [
             p for name, p in self.student.named_parameters() if ".last_layer." in name and p.requires_grad
         ]
-        self.clip_grad = cfg.optim.clip_grad
-        self.clipped_together = clip_groups(self.student, cfg.optim.clip_mode)
         self.backbone_freeze = (  # after `distribute`: under FSDP its parameters are the sharded ones
             BackboneFreeze(self.student.backbone, by_requires_grad=self.parallel == "none")
             if cfg.optim.freeze_backbone_iterations else None
@@ -106,7 +103,7 @@ class Trainer:
         """Teacher on the global crops, student on all (global-crop patches under `masks` hidden and scored),
         the weighted losses, AdamW step, EMA update. Returns the total loss and the per-loss and collapse
         statistics. Each part runs inside `phase(name)`: profiler labels by default; benchmarks pass timers."""
-        set_lr_and_wd(self.optimizer, schedule.lr, schedule.weight_decay)
+        self.optimization.set_lr_and_wd(schedule.lr, schedule.weight_decay)
         if self.backbone_freeze is not None:
             self.backbone_freeze.set(frozen=not schedule.train_backbone)
         # the anchoring losses are 0 with no gradient while the backbone is frozen: skip them then
@@ -132,14 +129,13 @@ class Trainer:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()}")
         with phase("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.optimization.backward(loss)
         if not schedule.train_last_layer:  # DINO keeps the prototypes fixed at first, for stability
             for p in self.last_layers:
                 p.grad = None
         if self.backbone_freeze is not None:
             self.backbone_freeze.drop_gradients()
-        clip_and_step(self.optimizer, self.scaler, self.clipped_together, self.clip_grad, phase)
+        self.optimization.step(phase)
         with phase("ema"):
             self.ema.update(schedule.momentum)
         return loss.detach(), stats
@@ -197,9 +193,9 @@ class Trainer:
         state = {  # full state dicts whatever the parallelism: with FSDP every rank must call this
             "student": model_state(self.student),
             "teacher": model_state(self.teacher),
-            "optimizer": optimizer_state(self.student, self.optimizer),
+            "optimizer": optimizer_state(self.student, self.optimization.optimizer),
             "dino_loss": self.dino_loss.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.optimization.scaler.state_dict(),
         }
         if self.ibot_loss is not None:
             state["ibot_loss"] = self.ibot_loss.state_dict()
@@ -208,17 +204,17 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
         """Restore a checkpoint; a checkpoint trained at a lower resolution has its position embeddings
         (and their optimizer moments) resized once to this model's: DINOv2's high-resolution phase."""
-        resize_position_embeddings(state, self.student, self.optimizer, source)
+        resize_position_embeddings(state, self.student, self.optimization.optimizer, source)
         for name, model in (("student", self.student), ("teacher", self.teacher)):
             check_state_fits(model, state[name], f"{source} ({name})")
             load_model_state(model, state[name])
-        load_optimizer_state(self.student, self.optimizer, state["optimizer"])
+        load_optimizer_state(self.student, self.optimization.optimizer, state["optimizer"])
         self.dino_loss.load_state_dict(state["dino_loss"])
         if self.ibot_loss is not None:
             if "ibot_loss" not in state:
                 raise CheckpointError(f"{source}: has no iBOT loss state; it was trained without loss.ibot_weight")
             self.ibot_loss.load_state_dict(state["ibot_loss"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.optimization.scaler.load_state_dict(state["scaler"])
 
 
 def parallel_mode(cfg: Config, world: World) -> str:
