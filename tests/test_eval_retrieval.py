@@ -23,6 +23,7 @@ from dinolab.eval import (
     nmi,
     retrieval,
 )
+from dinolab.eval.clustering import nearest_center
 
 CPU = resolve("cpu", "fp32")
 
@@ -152,3 +153,13 @@ def test_kmeans_recovers_separated_clusters_and_random_labels_score_near_zero() 
     assert centers.shape == (5, 16) and len(assign.unique()) == 5 and inertia > 0
     with pytest.raises(ValueError, match="k=300"):
         kmeans(x, 300)
+
+
+def test_nearest_center_in_blocks_equals_the_whole_distance_matrix() -> None:
+    """k-means assigns a block of rows at a time (bounded memory): the same nearest centers and distances."""
+    g = torch.Generator().manual_seed(0)
+    x, centers = torch.randn(1000, 24, generator=g), torch.randn(37, 24, generator=g)
+    whole_dist, whole_assign = torch.cdist(x, centers).square().min(dim=1)
+    dist, assign = nearest_center(x, centers, block=96)  # the last block is partial
+    torch.testing.assert_close(dist, whole_dist)
+    assert torch.equal(assign, whole_assign)
