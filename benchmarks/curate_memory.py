@@ -17,6 +17,10 @@ Prints JSON and writes it to --out. Run by hand, one size at a time on a shared 
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/curate_memory.py --sizes 60000 100000 300000
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/curate_memory.py --sizes 1000000 --nprobe 8
+
+`--search ivfpq` forces IVF-PQ (compressed codes, candidates re-scored on the mapped vectors), which `auto`
+picks only from 10M vectors on, to measure its memory at sizes this machine can hold; rows are keyed by size
+and index, so one file holds both.
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ class PeakAnon:
         return round(peak / 1024)
 
 
-def measure_one(path: Path, pairs_path: Path, nprobe: int) -> dict:
+def measure_one(path: Path, pairs_path: Path, nprobe: int, search: str) -> dict:
     """Run dedup and balance on the mapped file at `path` in this process; seconds and memory per stage."""
     import torch
 
@@ -97,7 +101,7 @@ def measure_one(path: Path, pairs_path: Path, nprobe: int) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     anon = PeakAnon()
     x = np.load(path, mmap_mode="r")
-    result = {"n": len(x), "file_gb": round(path.stat().st_size / 1e9, 3), "index": choose_index("auto", len(x)),
+    result = {"n": len(x), "file_gb": round(path.stat().st_size / 1e9, 3), "index": choose_index(search, len(x)),
               "started_rss_mb": round(status_kb("VmRSS") / 1024), "started_anon_mb": anon.take(),
               "seconds": {}, "peak_rss_mb": {}, "peak_anon_mb": {}}
 
@@ -111,7 +115,7 @@ def measure_one(path: Path, pairs_path: Path, nprobe: int) -> dict:
         return out
 
     result["nprobe"] = nprobe if result["index"] in ("ivf", "ivfpq") else None
-    dedup = stage("dedup", lambda: deduplicate(x, THRESHOLD, nprobe=nprobe))
+    dedup = stage("dedup", lambda: deduplicate(x, THRESHOLD, backend=search, nprobe=nprobe))
     kept = Rows(x, dedup.keep)
     labels = stage("balance", lambda: hierarchical_kmeans(kept, LEVELS))
     sample = balanced_sample(labels, len(kept) // 2)
@@ -133,10 +137,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[60_000, 100_000, 300_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/curate_memory"))
     parser.add_argument("--out", type=Path, default=None, help="JSON to write (default: benchmarks/results/"
-                        "curate_memory_<date>_<machine>.json); sizes already in it are kept")
+                        "curate_memory_<date>_<machine>.json); rows already in it are kept")
     parser.add_argument("--machine", default=f"{os.cpu_count()}core")
     parser.add_argument("--nprobe", type=int, default=32, help="IVF lists searched per query (curate's default: "
-                        "32); a size already in --out is replaced")
+                        "32); a row of the same size and index in --out is replaced")
+    parser.add_argument("--search", default="auto", choices=("auto", "flat", "ivf", "ivfpq"),
+                        help="the index deduplication uses (curate's --search; default: chosen by size)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the measuring subprocess
     parser.add_argument("--make", type=int, help=argparse.SUPPRESS)  # the subprocess that writes a pool
     args = parser.parse_args()
@@ -147,7 +153,7 @@ def main() -> None:
         np.save(pairs, make_embeddings(path, args.make))
         return
     if args.one:
-        print(json.dumps(measure_one(*files[args.one], args.nprobe)))
+        print(json.dumps(measure_one(*files[args.one], args.nprobe, args.search)))
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     default = f"curate_memory_{time.strftime('%Y-%m-%d')}_{args.machine}.json"
@@ -161,11 +167,13 @@ def main() -> None:
         if not (path.is_file() and pairs.is_file()):
             subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir), "--make", str(n)], check=True)
         run = subprocess.run([sys.executable, __file__, "--workdir", str(args.workdir), "--one", str(n),
-                              "--nprobe", str(args.nprobe)],
+                              "--nprobe", str(args.nprobe), "--search", args.search],
                              check=True, capture_output=True, text=True)
         row = json.loads(run.stdout.splitlines()[-1])
         print(json.dumps(row), file=sys.stderr)
-        report["sizes"] = sorted([r for r in report["sizes"] if r["n"] != n] + [row], key=lambda r: r["n"])
+        same = (n, row["index"])
+        report["sizes"] = sorted([r for r in report["sizes"] if (r["n"], r["index"]) != same] + [row],
+                                 key=lambda r: (r["n"], r["index"]))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
