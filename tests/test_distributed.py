@@ -21,8 +21,9 @@ from dinolab.train import Trainer, fit
 from dinolab.train.sharded_checkpoint import consolidate
 
 # The same sums added in another order differ by ~1e-7; Adam's m / sqrt(v) turns that into at most a small
-# fraction of one step (lr 1.6e-4 here) for parameters whose gradients are near 0.
-FP32_REDUCTION_TOLERANCE = dict(rtol=1e-4, atol=5e-5)
+# fraction of one step (lr 1.6e-4 here) for parameters whose gradients are near 0: up to 5.2e-5 measured (one qkv
+# bias element, ibot_sinkhorn) on a CPU without AVX-512 (EPYC Zen 3), whose fp32 kernels add in another order.
+FP32_REDUCTION_TOLERANCE = dict(rtol=1e-4, atol=1e-4)
 
 
 def torchrun(cfg: Config, nproc: int, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
