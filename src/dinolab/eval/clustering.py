@@ -31,8 +31,8 @@ def _kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
 def nearest_center(x: Tensor, centers: Tensor, block: int = ASSIGN_BLOCK) -> tuple[Tensor, Tensor]:
     """(squared distance to the nearest center, its index) for each row of `x`, `block` rows at a time: the
     whole N x k distance matrix would be the largest allocation of k-means (0.8 GB at 200,000 x 1,000)."""
-    nearest = torch.empty(len(x), dtype=x.dtype)
-    assign = torch.empty(len(x), dtype=torch.long)
+    nearest = torch.empty(len(x), dtype=x.dtype, device=x.device)
+    assign = torch.empty(len(x), dtype=torch.long, device=x.device)
     for start in range(0, len(x), block):
         rows = slice(start, start + block)
         nearest[rows], assign[rows] = torch.cdist(x[rows], centers).square().min(dim=1)
