@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import tiny_config, write_class_folder
 
@@ -128,6 +129,30 @@ def test_eval_of_an_exported_backbone_takes_the_training_normalization_again(
     assert scores[0] == scores[1]
     assert main(["eval", "knn", "--checkpoint", str(exported), *args, "--mean", "0.5", "0.5"]) == 1
     assert "the model takes 1-channel images, so give 1 value(s) each (got 2 and 1)" in capsys.readouterr().err
+
+
+def test_safetensors_export_carries_the_training_normalization(
+    trained_run: Path, labeled_folder: Path, tmp_path: Path, capsys
+) -> None:
+    """`export safetensors` records the run's mean/std, so the exported file scores as its run does with no
+    --mean/--std, and `embed` gives the run's features."""
+    exported = tmp_path / "exported.safetensors"
+    assert main(["export", "safetensors", "--checkpoint", str(trained_run), "--out", str(exported)]) == 0
+    assert "normalization mean" in capsys.readouterr().out
+    args = ["--data", str(labeled_folder), "--k", "1", "3", "--device", "cpu", "--precision", "fp32", "--quiet"]
+    scores = []
+    for checkpoint in (trained_run, exported):
+        out = tmp_path / f"{checkpoint.name}.json"
+        assert main(["eval", "knn", "--checkpoint", str(checkpoint), *args, "--out", str(out)]) == 0
+        scores.append({k: v for k, v in json.loads(out.read_text()).items() if k != "seconds"})
+    assert scores[0] == scores[1]
+    features = []
+    for checkpoint in (trained_run, exported):
+        out = tmp_path / f"{checkpoint.name}.npy"
+        assert main(["embed", str(labeled_folder / "test"), "--checkpoint", str(checkpoint), "--out", str(out),
+                     "--image-size", "28", "--device", "cpu", "--precision", "fp32", "--quiet"]) == 0
+        features.append(np.load(out))
+    np.testing.assert_array_equal(features[0], features[1])
 
 
 def test_eval_knn_k_larger_than_the_train_split(trained_run: Path, labeled_folder: Path, capsys) -> None:

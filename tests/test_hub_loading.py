@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dinolab.hub import load_backbone, load_weights, save_backbone
+from dinolab.hub import load_backbone, load_model, load_weights, save_backbone
 from dinolab.hub.loading import read_file
 from dinolab.io import CheckpointError
 from dinolab.models.vit import VisionTransformer
@@ -204,6 +204,19 @@ def test_save_in_the_official_dinov2_layout_round_trip(tmp_path: Path, suffix: s
     torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
     if suffix == ".safetensors":
         assert "dinolab_vit" in metadata  # the architecture travels with the weights
+
+
+def test_safetensors_records_the_normalization_and_load_model_reads_it(tmp_path: Path) -> None:
+    model = VisionTransformer(img_size=28, patch_size=7, in_chans=1, embed_dim=DIM, depth=1, num_heads=HEADS)
+    path = save_backbone(model, tmp_path / "gray.safetensors", normalization=([0.286], [0.353]))
+    loaded = load_model(path)
+    assert (loaded.config.data.mean, loaded.config.data.std) == ((0.286,), (0.353,))
+    assert loaded.normalization_known and not loaded.trained_here
+    unrecorded = load_model(save_backbone(model, tmp_path / "gray.pth", normalization=([0.286], [0.353])),
+                            num_heads=HEADS)
+    assert (unrecorded.config.data.mean, unrecorded.normalization_known) == ((0.5,), False)  # .pth: no metadata
+    with pytest.raises(ValueError, match="1-channel images, so give 1 mean"):
+        save_backbone(model, tmp_path / "bad.safetensors", normalization=([0.5, 0.5, 0.5], [0.2, 0.2, 0.2]))
 
 
 def test_save_in_the_dino_layout_refuses_dinov2_parts(tmp_path: Path) -> None:

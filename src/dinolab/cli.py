@@ -276,8 +276,8 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _normalization(args: argparse.Namespace, cfg: config_lib.Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """--mean / --std over the loaded model's normalization: an exported backbone file carries no training
-    config, so the one it was trained with must be given again."""
+    """--mean / --std over the loaded model's normalization: a `.pth` backbone file carries no training
+    config, so the one it was trained with must be given again (safetensors exports record it)."""
     mean, std = tuple(args.mean or cfg.data.mean), tuple(args.std or cfg.data.std)
     channels = cfg.model.in_chans
     if len(mean) != channels or len(std) != channels:
@@ -463,10 +463,14 @@ def _backbone(args: argparse.Namespace):
 
 
 def _export_safetensors(args: argparse.Namespace) -> None:
-    from dinolab.hub import save_backbone
+    from dinolab.hub import load_model, save_backbone
 
-    path = save_backbone(_backbone(args), args.out, layout=args.layout)
-    print(f"wrote {path} ({args.layout} layout)")
+    loaded = load_model(args.checkpoint, arch=args.arch, entry=args.entry)
+    data = loaded.config.data
+    normalization = (data.mean, data.std) if loaded.normalization_known else None
+    path = save_backbone(loaded.backbone, args.out, layout=args.layout, normalization=normalization)
+    recorded = f", normalization mean {list(data.mean)} std {list(data.std)}" if normalization else ""
+    print(f"wrote {path} ({args.layout} layout{recorded if path.suffix == '.safetensors' else ''})")
 
 
 def _export_onnx(args: argparse.Namespace) -> None:
@@ -502,11 +506,14 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     from dinolab.device import resolve
+    from dinolab.hub import load_model
     from dinolab.hub.embed import embed_folder
 
+    loaded = load_model(args.checkpoint, arch=args.arch, entry=args.entry)
+    mean, std = _normalization(args, loaded.config)
     out = embed_folder(
-        _backbone(args), args.folder, args.out, image_size=args.image_size, features=tuple(args.features),
-        batch_size=args.batch_size, chunk_size=args.chunk_size, mean=tuple(args.mean), std=tuple(args.std),
+        loaded.backbone, args.folder, args.out, image_size=args.image_size, features=tuple(args.features),
+        batch_size=args.batch_size, chunk_size=args.chunk_size, mean=mean, std=std,
         runtime=resolve(args.device, args.precision), num_workers=args.num_workers, resume=not args.no_resume,
         quiet=args.quiet,
     )
@@ -525,8 +532,10 @@ def add_embed_parser(sub: argparse._SubParsersAction) -> None:
                             "of the patch size)")
     embed.add_argument("--batch-size", type=int, default=64)
     embed.add_argument("--chunk-size", type=int, default=1024, help="images per resumable chunk")
-    embed.add_argument("--mean", type=float, nargs="+", default=[0.485, 0.456, 0.406])
-    embed.add_argument("--std", type=float, nargs="+", default=[0.229, 0.224, 0.225])
+    embed.add_argument("--mean", type=float, nargs="+",
+                       help="input normalization, one value per channel (default: the run's training config or the "
+                            "one recorded in a safetensors export; ImageNet's for released RGB weights, 0.5 otherwise)")
+    embed.add_argument("--std", type=float, nargs="+", help="see --mean")
     embed.add_argument("--num-workers", type=int, default=0)
     embed.add_argument("--no-resume", action="store_true", help="start over even if unfinished work is found")
     embed.set_defaults(func=_embed)

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 CONTAINER_KEYS = ("teacher", "model", "state_dict", "model_state_dict")
 OPTIONAL_KEYS = ("mask_token",)
 ARCH_METADATA_KEY = "dinolab_vit"  # safetensors metadata: the VisionTransformer arguments, as JSON
+# safetensors metadata: the input normalization the weights were trained with, as JSON {"mean": [...], "std": [...]}
+NORMALIZATION_METADATA_KEY = "dinolab_normalization"
 # (layout, has registers) -> how the implementation that wrote it interpolates position embeddings
 INTERPOLATION = {
     ("dinov2", False): dict(interpolate_offset=0.1, interpolate_antialias=False),  # DINO, iBOT, DINOv2
@@ -196,8 +199,9 @@ def load_backbone(
 
 def _load(
     source: str | Path, arch: str | None, entry: str | None, **kwargs: Any
-) -> tuple[VisionTransformer, dict[str, Any]]:
-    """load_backbone, also returning the file's contents (a dinolab checkpoint's config is in there)."""
+) -> tuple[VisionTransformer, dict[str, Any], dict[str, str]]:
+    """load_backbone, also returning the file's contents (a dinolab checkpoint's config is in there) and its
+    safetensors metadata."""
     obj, metadata = read_file(source)
     state, entry = backbone_state(obj, str(source), entry)
     if arch is not None:
@@ -214,14 +218,14 @@ def _load(
             vit_kwargs = infer_vit_kwargs(converted.state, converted.layout, kwargs.get("num_heads"))
         model = VisionTransformer(**{**vit_kwargs, **kwargs})
     _load_state(model, state, str(source), entry)
-    return model.eval(), obj
+    return model.eval(), obj, metadata
 
 
 def load_backbone_with_heads(source: str | Path) -> tuple[VisionTransformer, dict[str, dict[str, Tensor]]]:
     """`load_backbone(source)` (architecture from the file), and the DINO / iBOT heads the file keeps next to
     that backbone (a dinolab run's EMA teacher, DINO's and DINOv2's full training checkpoints), by
     MultiCropWrapper attribute ('head', 'patch_head'); {} for released backbone-only files."""
-    model, obj = _load(source, None, None)
+    model, obj, _ = _load(source, None, None)
     state, _ = backbone_state(obj, str(source))
     return model, heads_of(state)
 
@@ -229,25 +233,31 @@ def load_backbone_with_heads(source: str | Path) -> tuple[VisionTransformer, dic
 @dataclass
 class LoadedModel:
     """A backbone and the config that describes its input: the training config of a dinolab checkpoint,
-    else a default Config with the backbone's patch size and channels, ImageNet normalization and 224 px
-    (what the released DINO, iBOT and DINOv2 weights expect)."""
+    else a default Config with the backbone's patch size and channels and the normalization recorded in the
+    file (`dinolab export safetensors` of a dinolab run), else ImageNet's for RGB and 0.5 for other channel
+    counts, and 224 px (what the released DINO, iBOT and DINOv2 weights expect)."""
 
     backbone: VisionTransformer
     config: Config
     trained_here: bool  # True when `config` is the dinolab training config the weights came with
+    normalization_known: bool = False  # True when config.data.mean/std come from training, not a default
 
 
 def load_model(source: str | Path, arch: str | None = None, entry: str | None = None, **kwargs: Any) -> LoadedModel:
     """The one loader evaluation and visualization use: any checkpoint `load_backbone` reads (same
     arguments), with the normalization and image size to feed it."""
-    model, obj = _load(source, arch, entry, **kwargs)
+    model, obj, metadata = _load(source, arch, entry, **kwargs)
     if is_training_checkpoint(obj):
-        return LoadedModel(model, from_dict(obj["config"]), trained_here=True)
+        return LoadedModel(model, from_dict(obj["config"]), trained_here=True, normalization_known=True)
     cfg = Config()
     cfg.model.patch_size, cfg.model.in_chans = model.patch_size, model.in_chans
-    if model.in_chans != len(cfg.data.mean):
+    recorded = metadata.get(NORMALIZATION_METADATA_KEY)
+    if recorded:
+        values = json.loads(recorded)
+        cfg.data.mean, cfg.data.std = tuple(values["mean"]), tuple(values["std"])
+    elif model.in_chans != len(cfg.data.mean):
         cfg.data.mean, cfg.data.std = (0.5,) * model.in_chans, (0.5,) * model.in_chans
-    return LoadedModel(model, cfg, trained_here=False)
+    return LoadedModel(model, cfg, trained_here=False, normalization_known=bool(recorded))
 
 
 def spec(name: str) -> ModelSpec:
@@ -257,11 +267,18 @@ def spec(name: str) -> ModelSpec:
     return MODEL_SPECS[name]
 
 
-def save_backbone(model: VisionTransformer, path: str | Path, layout: str = "dinov2") -> Path:
+def save_backbone(
+    model: VisionTransformer,
+    path: str | Path,
+    layout: str = "dinov2",
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> Path:
     """Save the backbone's weights in `layout` ('dinov2', 'dino', 'hf' or 'timm', see convert.from_dinolab).
 
-    `.safetensors` files also record the architecture (metadata), so `load_backbone` rebuilds it exactly;
-    other suffixes are written with torch.save, like the official `*_pretrain.pth` files. Atomic either way.
+    `.safetensors` files also record the architecture and, when given, the input `normalization` (mean, std)
+    the weights were trained with (metadata), so `load_backbone` rebuilds the model exactly and `load_model`
+    feeds it as in training; other suffixes are written with torch.save, like the official `*_pretrain.pth`
+    files, and carry neither. Atomic either way.
     """
     path = Path(path)
     if isinstance(model, ResNetBackbone):
@@ -270,12 +287,20 @@ def save_backbone(model: VisionTransformer, path: str | Path, layout: str = "din
             "dinolab.hub.load_backbone(RUN_DIR), or save model.state_dict() for torchvision code "
             f"(ResNetBackbone(**{model.arguments}) rebuilds the architecture)"
         )
+    if normalization is not None:
+        mean, std = (tuple(float(v) for v in values) for values in normalization)
+        if len(mean) != model.in_chans or len(std) != model.in_chans or min(std) <= 0:
+            raise ValueError(f"normalization: the model takes {model.in_chans}-channel images, so give "
+                             f"{model.in_chans} mean(s) and {model.in_chans} positive std(s); got {mean} and {std}")
     state = from_dinolab(model.state_dict(), layout)
     if path.suffix != ".safetensors":
         return atomic_save(state, path)
     from safetensors.torch import save_file
 
+    metadata = {ARCH_METADATA_KEY: json.dumps(vit_kwargs_of(model)), "layout": layout}
+    if normalization is not None:
+        metadata[NORMALIZATION_METADATA_KEY] = json.dumps({"mean": mean, "std": std})
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={ARCH_METADATA_KEY: json.dumps(vit_kwargs_of(model)), "layout": layout})
+        save_file(state, str(tmp), metadata=metadata)
     return path
 

@@ -71,14 +71,15 @@ def fit(
     """
     world = world_from_environment()
     cfg = resolve_from_images(cfg, quiet=quiet or not world.is_main)  # data.auto (small_images): measure the folder
-    cfg = resolve_init(cfg)[0]  # model.init (continued pretraining): the architecture is the file's
+    cfg, initial = resolve_init(cfg)  # model.init (continued pretraining): the architecture is the file's
     run_dir, runtime = prepare_run(cfg, world), resolve_runtime(cfg, world)
     init_process_group(world, runtime.device.type, cfg.train.collective_timeout_minutes)
     dataset = build_dataset(cfg.data, cfg.model.in_chans)
     iters_per_epoch = iterations_per_epoch(dataset, cfg.optim.batch_size)
     augmentation = build_augmentation(cfg.data)
     masking = build_masking(cfg.mask, cfg.data.global_crops_size, cfg.model.patch_size)
-    trainer = (FeatureDistiller if cfg.distill.teacher else Trainer)(cfg, runtime, world)  # distill.teacher: no heads
+    # distill.teacher: feature distillation, no heads and no model.init
+    trainer = FeatureDistiller(cfg, runtime, world) if cfg.distill.teacher else Trainer(cfg, runtime, world, initial)
     schedules = Schedules(cfg, iters_per_epoch)
     start_epoch, start_batch = resume_training(trainer, resume, run_dir, cfg, world)
     iteration = start_epoch * iters_per_epoch + start_batch

@@ -27,7 +27,7 @@ from dinolab.losses.koleo import koleo_loss
 from dinolab.models.build import build_backbone, build_student_teacher
 from dinolab.models.heads import CropOutputs
 from dinolab.models.vit import VisionTransformer
-from dinolab.train.adapt import BackboneFreeze, resolve_init
+from dinolab.train.adapt import BackboneFreeze, InitialModel, resolve_init
 from dinolab.train.distill import load_distillation_teacher
 from dinolab.train.ema import EMATeacher
 from dinolab.train.highres import resize_position_embeddings
@@ -54,13 +54,16 @@ class Trainer:
     Gram / feature anchoring losses when they are on.
     """
 
-    def __init__(self, cfg: Config, runtime: Runtime, world: World = ONE_PROCESS):
+    def __init__(
+        self, cfg: Config, runtime: Runtime, world: World = ONE_PROCESS, initial: InitialModel | None = None
+    ):
+        """`initial`: the model.init file as `resolve_init` read it (fit passes it on); read here when not given."""
         self.cfg, self.runtime = cfg, runtime
         self.student, self.teacher = build_student_teacher(cfg)
         c, h = cfg.loss, cfg.head
         self.anchor: VisionTransformer | None = None
         if cfg.model.init:
-            initial = resolve_init(cfg)[1]  # the file again (fit read it for the architecture only)
+            initial = initial or resolve_init(cfg)[1]
             initial.start(self.student, self.teacher)
             if c.gram_weight > 0 or c.anchor_weight > 0:
                 self.anchor = initial.anchor(cfg).to(runtime.device)
