@@ -367,7 +367,7 @@ def _feature_choices(model: torch.nn.Module, cfg: config_lib.Config) -> dict[str
     def features(split: str) -> tuple[dict[str, Tensor], Tensor]:
         ds = FashionMNIST(split=split)
         out: dict[str, list[Tensor]] = {c: [] for c in choices}
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad(), resolve("cpu", "auto").autocast():  # bf16 where the CPU has it, as the demo
             for start in range(0, len(ds.images), 1000):
                 x = normalize_uint8(ds.images[start:start + 1000], cfg.data.mean, cfg.data.std)
                 layers = model.get_intermediate_layers(x, 4, return_class_token=True)
