@@ -80,6 +80,7 @@ def fit(
     masking = build_masking(cfg.mask, cfg.data.global_crops_size, cfg.model.patch_size)
     # distill.teacher: feature distillation, no heads and no model.init
     trainer = FeatureDistiller(cfg, runtime, world) if cfg.distill.teacher else Trainer(cfg, runtime, world, initial)
+    del initial  # its weights are in the trainer now: no second backbone held through training
     schedules = Schedules(cfg, iters_per_epoch)
     start_epoch, start_batch = resume_training(trainer, resume, run_dir, cfg, world)
     iteration = start_epoch * iters_per_epoch + start_batch
