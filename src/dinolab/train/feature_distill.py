@@ -35,7 +35,7 @@ from dinolab.losses.feature_distill import FeatureDistillLoss
 from dinolab.models.build import build_backbone
 from dinolab.models.vit import VisionTransformer
 from dinolab.train.optim import Optimization
-from dinolab.train.parallel import distribute, load_model_state, load_optimizer_state, model_state, optimizer_state
+from dinolab.train.parallel import distribute, load_model_state, model_state
 from dinolab.train.schedules import StepSchedule
 from dinolab.train.trainer import NonFiniteLossError, parallel_mode
 
@@ -170,8 +170,7 @@ class FeatureDistiller:
         return {
             "student": model_state(self.student),
             "teacher": {BACKBONE_PREFIX + k: v for k, v in self.student.backbone.state_dict().items()},
-            "optimizer": optimizer_state(self.student, self.optimization.optimizer),
-            "scaler": self.optimization.scaler.state_dict(),
+            **self.optimization.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str) -> None:
@@ -179,5 +178,4 @@ class FeatureDistiller:
         (its student has heads) and says so, key by key."""
         check_state_fits(self.student, state["student"], f"{source} (student)")
         load_model_state(self.student, state["student"])
-        load_optimizer_state(self.student, self.optimization.optimizer, state["optimizer"])
-        self.optimization.scaler.load_state_dict(state["scaler"])
+        self.optimization.load_state_dict(state)

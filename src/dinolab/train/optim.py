@@ -14,7 +14,7 @@ from torch import nn
 
 from dinolab.config import CLIP_MODES, OptimConfig
 from dinolab.models.heads import MultiCropWrapper
-from dinolab.train.parallel import full_tensor, sharded_times_plain
+from dinolab.train.parallel import full_tensor, load_optimizer_state, optimizer_state, sharded_times_plain
 
 
 def param_groups(model: MultiCropWrapper, layer_decay: float = 1.0, patch_embed_lr_mult: float = 1.0) -> list[dict]:
@@ -98,6 +98,7 @@ class Optimization:
     scaler (a no-op in bf16 and fp32), and gradient clipping (`clip_groups`, `optim.clip_grad`; 0 = off)."""
 
     def __init__(self, model: nn.Module, cfg: OptimConfig, precision: str) -> None:
+        self.model = model
         self.optimizer = make_optimizer(model, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         self.max_norm = cfg.clip_grad
@@ -125,3 +126,13 @@ class Optimization:
         with phase("optimizer"):
             self.scaler.step(self.optimizer)
             self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's 'optimizer' (full, indexed by parameter position, whatever the parallelism: under
+        FSDP every rank must call this) and 'scaler' entries."""
+        return {"optimizer": optimizer_state(self.model, self.optimizer), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the entries `state_dict` wrote, into a plain or sharded model's optimizer."""
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])

@@ -32,7 +32,7 @@ from dinolab.train.distill import load_distillation_teacher
 from dinolab.train.ema import EMATeacher
 from dinolab.train.highres import resize_position_embeddings
 from dinolab.train.optim import Optimization
-from dinolab.train.parallel import distribute, load_model_state, load_optimizer_state, model_state, optimizer_state
+from dinolab.train.parallel import distribute, load_model_state, model_state
 from dinolab.train.schedules import StepSchedule
 
 
@@ -196,9 +196,8 @@ class Trainer:
         state = {  # full state dicts whatever the parallelism: with FSDP every rank must call this
             "student": model_state(self.student),
             "teacher": model_state(self.teacher),
-            "optimizer": optimizer_state(self.student, self.optimization.optimizer),
+            **self.optimization.state_dict(),
             "dino_loss": self.dino_loss.state_dict(),
-            "scaler": self.optimization.scaler.state_dict(),
         }
         if self.ibot_loss is not None:
             state["ibot_loss"] = self.ibot_loss.state_dict()
@@ -211,13 +210,12 @@ class Trainer:
         for name, model in (("student", self.student), ("teacher", self.teacher)):
             check_state_fits(model, state[name], f"{source} ({name})")
             load_model_state(model, state[name])
-        load_optimizer_state(self.student, self.optimization.optimizer, state["optimizer"])
+        self.optimization.load_state_dict(state)
         self.dino_loss.load_state_dict(state["dino_loss"])
         if self.ibot_loss is not None:
             if "ibot_loss" not in state:
                 raise CheckpointError(f"{source}: has no iBOT loss state; it was trained without loss.ibot_weight")
             self.ibot_loss.load_state_dict(state["ibot_loss"])
-        self.optimization.scaler.load_state_dict(state["scaler"])
 
 
 def parallel_mode(cfg: Config, world: World) -> str:
