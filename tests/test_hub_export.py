@@ -3,6 +3,7 @@ onnxruntime against PyTorch at several sizes, including ones that need the posit
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from dinolab.cli import main
 from dinolab.hub import dino_vits16, dinov2_vits14_reg, load_backbone, save_backbone
 from dinolab.hub.export import export_onnx, verify_onnx
-from dinolab.hub.loading import read_file
+from dinolab.hub.loading import NORMALIZATION_METADATA_KEY, read_file
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -41,15 +42,26 @@ def test_cli_export_safetensors_layouts(tmp_path: Path, capsys: pytest.CaptureFi
     torch.testing.assert_close(load_backbone(hf)(x), model(x), rtol=0, atol=0)
 
 
+def onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
 def test_cli_export_onnx_dino_layout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """DINO's resize (scale factor (grid + 0.1) / side) in the graph; at the traced size, 64 px, no resize."""
-    source = save_backbone(small(dino_vits16, img_size=64), tmp_path / "dino.safetensors")
+    """DINO's resize (scale factor (grid + 0.1) / side) in the graph; at the traced size, 64 px, no resize. The
+    normalization the source file records travels into the ONNX file's metadata."""
+    normalization = ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    source = save_backbone(small(dino_vits16, img_size=64), tmp_path / "dino.safetensors", normalization=normalization)
     out = tmp_path / "dino.onnx"
     assert main(["export", "onnx", "--checkpoint", str(source), "--out", str(out), "--image-size", "64"]) == 0
     printed = capsys.readouterr().out
     diffs = [float(d) for d in re.findall(r"max abs diff (\S+)", printed)]
     assert len(diffs) == 2 and max(diffs) <= 1e-4, printed
     assert "2x3x64x64" in printed and "1x3x96x16" in printed  # 6 x 1 patches: one-patch-wide works too
+    assert "normalization mean [0.1, 0.2, 0.3] std [0.4, 0.5, 0.6]" in printed
+    recorded = json.loads(onnx_metadata(out)[NORMALIZATION_METADATA_KEY])
+    assert recorded == {"mean": list(normalization[0]), "std": list(normalization[1])}
 
 
 def test_onnx_dynamic_sizes_dinov2_registers(tmp_path: Path) -> None:
@@ -58,6 +70,13 @@ def test_onnx_dynamic_sizes_dinov2_registers(tmp_path: Path) -> None:
     diffs = verify_onnx(model, path, [(2, 56, 56), (1, 98, 42), (3, 28, 28)])
     assert set(diffs) == {"2x3x56x56", "1x3x98x42", "3x3x28x28"}
     assert max(diffs.values()) <= 1e-4, diffs
+    assert NORMALIZATION_METADATA_KEY not in onnx_metadata(path)  # none given, none claimed
+
+
+def test_onnx_normalization_must_fit_the_channels(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="3-channel images"):
+        export_onnx(small(dino_vits16, img_size=64), tmp_path / "x.onnx", image_size=64, normalization=([0.5], [0.2]))
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_onnx_needs_a_patch_multiple(tmp_path: Path) -> None:

@@ -456,30 +456,36 @@ BACKBONE = (
 )
 
 
-def _backbone(args: argparse.Namespace):
-    from dinolab.hub import load_backbone
-
-    return load_backbone(args.checkpoint, arch=args.arch, entry=args.entry)
-
-
-def _export_safetensors(args: argparse.Namespace) -> None:
-    from dinolab.hub import load_model, save_backbone
+def _export_source(args: argparse.Namespace):
+    """(backbone, its training normalization (mean, std) or None when the file does not say) for an export."""
+    from dinolab.hub import load_model
 
     loaded = load_model(args.checkpoint, arch=args.arch, entry=args.entry)
     data = loaded.config.data
-    normalization = (data.mean, data.std) if loaded.normalization_known else None
-    path = save_backbone(loaded.backbone, args.out, layout=args.layout, normalization=normalization)
-    recorded = f", normalization mean {list(data.mean)} std {list(data.std)}" if normalization else ""
-    print(f"wrote {path} ({args.layout} layout{recorded if path.suffix == '.safetensors' else ''})")
+    return loaded.backbone, ((data.mean, data.std) if loaded.normalization_known else None)
+
+
+def _recorded(normalization) -> str:
+    return f"normalization mean {list(normalization[0])} std {list(normalization[1])}" if normalization else ""
+
+
+def _export_safetensors(args: argparse.Namespace) -> None:
+    from dinolab.hub import save_backbone
+
+    model, normalization = _export_source(args)
+    path = save_backbone(model, args.out, layout=args.layout, normalization=normalization)
+    recorded = f", {_recorded(normalization)}" if normalization and path.suffix == ".safetensors" else ""
+    print(f"wrote {path} ({args.layout} layout{recorded})")
 
 
 def _export_onnx(args: argparse.Namespace) -> None:
     from dinolab.hub.export import export_onnx, verify_onnx
 
-    model = _backbone(args)
-    path = export_onnx(model, args.out, image_size=args.image_size, opset=args.opset)
+    model, normalization = _export_source(args)
+    path = export_onnx(model, args.out, image_size=args.image_size, opset=args.opset, normalization=normalization)
+    recorded = f"; {_recorded(normalization)}" if normalization else ""
     print(f"wrote {path} (inputs: pixel_values (batch, {model.in_chans}, height, width), height and width "
-          f"multiples of {model.patch_size}; outputs: cls, patch_tokens)")
+          f"multiples of {model.patch_size}; outputs: cls, patch_tokens{recorded})")
     if not args.no_verify:
         p, s = model.patch_size, args.image_size
         sizes = [(2, s, s), (1, s + 2 * p, max(p, s - 4 * p))]  # the traced size and another, non-square one

@@ -2,7 +2,9 @@
 
 The graph takes `pixel_values` (B, C, H, W), H and W multiples of the patch size, and returns `cls`
 (B, D), the normalized [CLS] token, and `patch_tokens` (B, H/p * W/p, D), the normalized patch tokens.
-The position-embedding interpolation is part of the graph, so one file serves every image size.
+The position-embedding interpolation is part of the graph, so one file serves every image size. Given the input
+normalization the weights were trained with, the file records it in its metadata (`metadata_props`, key
+`dinolab_normalization`, JSON {"mean": [...], "std": [...]}), as safetensors exports do.
 Uses torch's dynamo-based exporter (`torch.onnx.export(..., dynamo=True)` with `dynamic_shapes`).
 """
 
@@ -10,11 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from dinolab.hub.loading import NORMALIZATION_METADATA_KEY, normalization_json
 from dinolab.models.vit import VisionTransformer
 
 INPUT_NAME = "pixel_values"
@@ -43,12 +47,20 @@ class _Tokens(nn.Module):
         return out["x_norm_clstoken"], out["x_norm_patchtokens"]
 
 
-def export_onnx(model: VisionTransformer, path: str | Path, image_size: int = 224, opset: int = 18) -> Path:
+def export_onnx(
+    model: VisionTransformer,
+    path: str | Path,
+    image_size: int = 224,
+    opset: int = 18,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> Path:
     """Write `model` as ONNX with a dynamic batch and a dynamic height and width (multiples of the patch size).
 
-    `image_size` is only the size of the example input used to trace the graph.
+    `image_size` is only the size of the example input used to trace the graph. `normalization` (mean, std), when
+    given, is recorded in the file's metadata so a consumer knows how to prepare `pixel_values`.
     """
     require_export_extra("onnx", "onnxscript")
+    recorded = None if normalization is None else normalization_json(model, normalization)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     p = model.patch_size
@@ -64,6 +76,8 @@ def export_onnx(model: VisionTransformer, path: str | Path, image_size: int = 22
             _Tokens(model.eval()), (example,), dynamo=True, dynamic_shapes=dynamic, input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES), opset_version=opset, verbose=False,
         )
+    if recorded is not None:
+        program.model.metadata_props[NORMALIZATION_METADATA_KEY] = recorded
     program.save(str(path))
     return path
 

@@ -267,6 +267,16 @@ def spec(name: str) -> ModelSpec:
     return MODEL_SPECS[name]
 
 
+def normalization_json(model: nn.Module, normalization: tuple[Sequence[float], Sequence[float]]) -> str:
+    """The input `normalization` (mean, std) as the metadata value exports record under NORMALIZATION_METADATA_KEY,
+    checked against the model's input channels."""
+    mean, std = (tuple(float(v) for v in values) for values in normalization)
+    if len(mean) != model.in_chans or len(std) != model.in_chans or min(std) <= 0:
+        raise ValueError(f"normalization: the model takes {model.in_chans}-channel images, so give "
+                         f"{model.in_chans} mean(s) and {model.in_chans} positive std(s); got {mean} and {std}")
+    return json.dumps({"mean": mean, "std": std})
+
+
 def save_backbone(
     model: VisionTransformer,
     path: str | Path,
@@ -287,19 +297,15 @@ def save_backbone(
             "dinolab.hub.load_backbone(RUN_DIR), or save model.state_dict() for torchvision code "
             f"(ResNetBackbone(**{model.arguments}) rebuilds the architecture)"
         )
-    if normalization is not None:
-        mean, std = (tuple(float(v) for v in values) for values in normalization)
-        if len(mean) != model.in_chans or len(std) != model.in_chans or min(std) <= 0:
-            raise ValueError(f"normalization: the model takes {model.in_chans}-channel images, so give "
-                             f"{model.in_chans} mean(s) and {model.in_chans} positive std(s); got {mean} and {std}")
+    recorded = None if normalization is None else normalization_json(model, normalization)
     state = from_dinolab(model.state_dict(), layout)
     if path.suffix != ".safetensors":
         return atomic_save(state, path)
     from safetensors.torch import save_file
 
     metadata = {ARCH_METADATA_KEY: json.dumps(vit_kwargs_of(model)), "layout": layout}
-    if normalization is not None:
-        metadata[NORMALIZATION_METADATA_KEY] = json.dumps({"mean": mean, "std": std})
+    if recorded is not None:
+        metadata[NORMALIZATION_METADATA_KEY] = recorded
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return path
