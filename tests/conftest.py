@@ -17,6 +17,7 @@ from PIL import Image
 
 from dinolab import config as config_lib
 from dinolab.config import Config
+from dinolab.eval.retrieval import faiss_available
 from dinolab.models.vit import VisionTransformer
 
 # One intra-op thread: the models are tiny, and on a shared 2-core box two OpenMP threads per process
@@ -27,6 +28,9 @@ torch.set_num_threads(1)
 N_TRAIN = 32
 N_TEST = 32
 N_CLASSES = 4
+
+# The faiss paths are tested where the optional extra is installed (CI installs it) and skipped elsewhere.
+needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed (pip install 'dinolab[faiss]')")
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

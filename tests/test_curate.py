@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_rgb, save_image
+from conftest import needs_faiss, random_rgb, save_image
 from PIL import Image
 
 import dinolab.curate.search as search_module
@@ -36,8 +36,6 @@ from dinolab.hub import dinov2_vits14, save_backbone
 from dinolab.hub.export import MissingExtraError
 from dinolab.train import fit
 
-needs_faiss = pytest.mark.skipif(not search_module.faiss_available(),
-                                 reason="faiss-cpu not installed (pip install 'dinolab[faiss]')")
 BACKENDS = ["exact", pytest.param("faiss", marks=needs_faiss)]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_faiss
 
 import dinolab.curate.search as search_module
 from dinolab.curate import (
@@ -25,8 +26,6 @@ from dinolab.curate import (
 from dinolab.curate.pipeline import embed_images, weights_digest
 from dinolab.hub import dinov2_vits14, load_model, save_backbone
 
-needs_faiss = pytest.mark.skipif(not search_module.faiss_available(),
-                                 reason="faiss-cpu not installed (pip install 'dinolab[faiss]')")
 BACKENDS = ["exact", pytest.param("faiss", marks=needs_faiss), pytest.param("ivf", marks=needs_faiss)]
 
 

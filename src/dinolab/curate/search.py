@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dinolab.eval.clustering import kmeans as exact_kmeans
+from dinolab.eval.clustering import nearest_center
 from dinolab.eval.retrieval import faiss_available
 from dinolab.hub.export import MissingExtraError
 
@@ -250,6 +251,6 @@ def kmeans(x: ArrayRows, k: int, backend: str = "auto", seed: int = 0) -> tuple[
     sample_assign, centers, _ = exact_kmeans(torch.from_numpy(train), k, restarts=1, seed=seed)
     if size == len(x):
         return sample_assign.numpy().astype(np.int64), centers.numpy()
-    assign = np.concatenate([torch.cdist(torch.from_numpy(read_rows(x, rows)), centers).argmin(1).numpy()
+    assign = np.concatenate([nearest_center(torch.from_numpy(read_rows(x, rows)), centers)[1].numpy()
                              for rows in _blocks(len(x), BLOCK)])
     return assign.astype(np.int64), centers.numpy()
