@@ -15,7 +15,9 @@ normalization for both (Fashion-MNIST's 0.2860 / 0.3530). Scored with `dinolab.e
 images against the 60k training images, k = 10, 20, 100, 200, T = 0.07, the EMA teacher's backbone.
 
 Stages (each writes --workdir/stage_*.json; the arms can run in parallel processes). `build` run again on
-a built workdir keeps the pool and the curation and only writes the two lists again (for another --budget):
+a built workdir keeps the pool and the curation and only writes the two lists again (for another --budget).
+`--draw N` builds another pool and other lists from the same recipe (in another --workdir), to see how much
+the comparison depends on one draw:
 
     export OMP_NUM_THREADS=2
     .venv/bin/python benchmarks/curate_pretrain.py build       # pool, seed, curate, the two lists
@@ -60,7 +62,7 @@ def photo_crop(photos: list[Image.Image], rng: np.random.Generator) -> Image.Ima
 
 
 def build_pool(root: Path, args: argparse.Namespace) -> dict:
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.draw)
     for sub in ("pool/fmnist", "pool/copies", "pool/synthetic", "pool/photos", "pool/leaks", "exclude", "seed"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     train, test = FashionMNIST(args.fmnist_dir, "train"), FashionMNIST(args.fmnist_dir, "test")
@@ -130,7 +132,7 @@ def stage_build(root: Path, args: argparse.Namespace) -> dict:
     report = json.loads((root / "curated.report.json").read_text())
     raw_all = sorted(str(p) for p in (root / "pool").rglob("*") if p.is_file())
     curated = (root / "curated.txt").read_text().split()
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(args.draw + 1)
     raw_list = list(rng.choice(raw_all, args.budget, replace=False))
     repeats = -(-args.budget // len(curated))
     cycled = [p for _ in range(repeats) for p in rng.permutation(curated)][: args.budget]
@@ -142,7 +144,7 @@ def stage_build(root: Path, args: argparse.Namespace) -> dict:
             "duplicate_groups": report.get("duplicate_groups"), "raw_pool": composition(raw_all),
             "curated": composition(curated), "budget": args.budget,
             "raw_list": composition(raw_list), "curated_list": composition(cycled),
-            "curated_repeats": round(args.budget / len(curated), 2)}
+            "curated_repeats": round(args.budget / len(curated), 2), "draw": args.draw}
 
 
 def knn_scores(backbone: torch.nn.Module) -> tuple[dict, float]:
@@ -200,6 +202,9 @@ def main() -> None:
     parser.add_argument("--exclude-threshold", type=float, default=0.98)
     parser.add_argument("--budget", type=int, default=4000, help="list entries = images seen in the one epoch")
     parser.add_argument("--train-seed", type=int, default=0, help="train: train.seed (0: the recipe's)")
+    parser.add_argument("--draw", type=int, default=0,
+                        help="build: seed of the pool's images (which Fashion-MNIST images, copies, junk, seed set, "
+                             "leaks) and, plus one, of the two lists; use a new --workdir per draw")
     parser.add_argument("--note", default="", help="report: a line on how the run went")
     parser.add_argument("--machine", default="2-core CPU (OMP_NUM_THREADS=2)", help="report: the machine, in words")
     parser.add_argument("--fmnist-dir", default="/usr/share/datasets/fashion-mnist")
