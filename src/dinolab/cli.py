@@ -13,13 +13,16 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dinolab import config as config_lib
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CHECKPOINT_HELP = "dinolab run dir or checkpoint, or released DINO/iBOT/DINOv2 weights"
 Arguments = tuple[tuple[str, ...], dict[str, Any]]  # add_argument's positional and keyword arguments
@@ -456,7 +459,10 @@ BACKBONE = (
 )
 
 
-def _export_source(args: argparse.Namespace):
+Normalization = tuple[Sequence[float], Sequence[float]]
+
+
+def _export_source(args: argparse.Namespace) -> tuple[nn.Module, Normalization | None]:
     """(backbone, its training normalization (mean, std) or None when the file does not say) for an export."""
     from dinolab.hub import load_model
 
@@ -465,7 +471,7 @@ def _export_source(args: argparse.Namespace):
     return loaded.backbone, ((data.mean, data.std) if loaded.normalization_known else None)
 
 
-def _recorded(normalization) -> str:
+def _recorded(normalization: Normalization | None) -> str:
     return f"normalization mean {list(normalization[0])} std {list(normalization[1])}" if normalization else ""
 
 
