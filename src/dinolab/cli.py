@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -23,6 +23,8 @@ from dinolab import config as config_lib
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from dinolab.hub.loading import Normalization
 
 CHECKPOINT_HELP = "dinolab run dir or checkpoint, or released DINO/iBOT/DINOv2 weights"
 Arguments = tuple[tuple[str, ...], dict[str, Any]]  # add_argument's positional and keyword arguments
@@ -457,9 +459,6 @@ BACKBONE = (
          help="architecture name (e.g. dinov2_vits14); default: recorded in or inferred from the file"),
     _arg("--entry", default=None, help="checkpoint entry holding the weights (default: teacher)"),
 )
-
-
-Normalization = tuple[Sequence[float], Sequence[float]]
 
 
 def _export_source(args: argparse.Namespace) -> tuple[nn.Module, Normalization | None]:

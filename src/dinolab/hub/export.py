@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from dinolab.hub.loading import NORMALIZATION_METADATA_KEY, normalization_json
+from dinolab.hub.loading import NORMALIZATION_METADATA_KEY, Normalization, normalization_json
 from dinolab.models.vit import VisionTransformer
 
 INPUT_NAME = "pixel_values"
@@ -52,7 +51,7 @@ def export_onnx(
     path: str | Path,
     image_size: int = 224,
     opset: int = 18,
-    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    normalization: Normalization | None = None,
 ) -> Path:
     """Write `model` as ONNX with a dynamic batch and a dynamic height and width (multiples of the patch size).
 

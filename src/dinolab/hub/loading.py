@@ -47,6 +47,7 @@ OPTIONAL_KEYS = ("mask_token",)
 ARCH_METADATA_KEY = "dinolab_vit"  # safetensors metadata: the VisionTransformer arguments, as JSON
 # safetensors metadata: the input normalization the weights were trained with, as JSON {"mean": [...], "std": [...]}
 NORMALIZATION_METADATA_KEY = "dinolab_normalization"
+Normalization = tuple[Sequence[float], Sequence[float]]  # (mean, std), one value per input channel each
 # (layout, has registers) -> how the implementation that wrote it interpolates position embeddings
 INTERPOLATION = {
     ("dinov2", False): dict(interpolate_offset=0.1, interpolate_antialias=False),  # DINO, iBOT, DINOv2
@@ -267,7 +268,7 @@ def spec(name: str) -> ModelSpec:
     return MODEL_SPECS[name]
 
 
-def normalization_json(model: nn.Module, normalization: tuple[Sequence[float], Sequence[float]]) -> str:
+def normalization_json(model: nn.Module, normalization: Normalization) -> str:
     """The input `normalization` (mean, std) as the metadata value exports record under NORMALIZATION_METADATA_KEY,
     checked against the model's input channels."""
     mean, std = (tuple(float(v) for v in values) for values in normalization)
@@ -281,7 +282,7 @@ def save_backbone(
     model: VisionTransformer,
     path: str | Path,
     layout: str = "dinov2",
-    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    normalization: Normalization | None = None,
 ) -> Path:
     """Save the backbone's weights in `layout` ('dinov2', 'dino', 'hf' or 'timm', see convert.from_dinolab).
 
