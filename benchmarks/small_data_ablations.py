@@ -86,6 +86,9 @@ ABLATIONS: dict[str, list[str]] = {
     "bottleneck16": ["head.bottleneck_dim=16"],
     "teacher_temp_07": ["loss.teacher_temp=0.07", "loss.warmup_teacher_temp=0.07"],
     "teacher_temp_02": ["loss.teacher_temp=0.02", "loss.warmup_teacher_temp=0.02"],
+    # DINO's warm-up 0.04 -> 0.07 over 30% of the run (30 of its 100 epochs), here of the one-epoch budget
+    "teacher_temp_warmup": ["loss.warmup_teacher_temp=0.04", "loss.teacher_temp=0.07",
+                            "loss.warmup_teacher_temp_epochs=0.3"],
     "sinkhorn": ["loss.centering=sinkhorn"],
     "koleo": ["loss.koleo_weight=0.1"],
     "koleo_03": ["loss.koleo_weight=0.3"],

@@ -24,7 +24,7 @@ from dinolab.train import NonFiniteLossError, fit
 from dinolab.train.ema import EMATeacher
 from dinolab.train.monitor import collapse_warning
 from dinolab.train.optim import clip_gradients, clip_groups, param_groups
-from dinolab.train.schedules import cosine_schedule, teacher_temp_schedule
+from dinolab.train.schedules import Schedules, cosine_schedule, teacher_temp_schedule
 
 METRIC_KEYS = {"loss", "lr", "wd", "momentum", "teacher_temp", "teacher_entropy", "kl", "img_per_s"}
 
@@ -69,6 +69,21 @@ def test_teacher_temp_schedule() -> None:
     np.testing.assert_allclose(teacher_temp_schedule(0.04, 0.07, 0, 5), np.full(5, 0.07))
     short = teacher_temp_schedule(0.04, 0.07, warmup_epochs=10, epochs=4)
     assert len(short) == 4 and short[-1] < 0.07
+
+
+def test_teacher_temp_warmup_per_iteration() -> None:
+    """Per iteration, a warm-up may last a fraction of an epoch; with one iteration per epoch it is DINO's schedule."""
+    t = teacher_temp_schedule(0.04, 0.07, warmup_epochs=0.5, epochs=2, iters_per_epoch=10)
+    assert len(t) == 20
+    np.testing.assert_allclose(t[:5], np.linspace(0.04, 0.07, 5))
+    assert (t[5:] == 0.07).all()
+    np.testing.assert_allclose(
+        teacher_temp_schedule(0.04, 0.07, 3, epochs=5, iters_per_epoch=1), teacher_temp_schedule(0.04, 0.07, 3, 5)
+    )
+    loss = {"warmup_teacher_temp": 0.04, "teacher_temp": 0.07, "warmup_teacher_temp_epochs": 0.5}
+    optim = {"epochs": 2, "warmup_epochs": 0}
+    schedules = Schedules(config_lib.from_dict({"loss": loss, "optim": optim}), iters_per_epoch=10)
+    assert [round(schedules.at(i).teacher_temp, 4) for i in (0, 2, 4, 19)] == [0.04, 0.055, 0.07, 0.07]
 
 
 # ---------------------------------------------------------------- EMA teacher, clipping, parameter groups
@@ -267,9 +282,10 @@ def check_resume_is_bit_identical(make_config) -> None:
     # the logged losses agree step for step, before and after the resume
     assert losses(cfg_a.train.output_dir) == losses(cfg_b.train.output_dir)
     assert len(losses(cfg_a.train.output_dir)) == 2 * iters
-    # teacher temperature: warm-up value in epoch 1, final value in epoch 2
+    # teacher temperature: linear warm-up over epoch 1 (warmup_teacher_temp_epochs=1), final value in epoch 2
     temps = {r["iteration"]: r["teacher_temp"] for r in read_metrics(cfg_b.train.output_dir)}
-    assert {temps[i] for i in range(1, iters + 1)} == {cfg_a.loss.warmup_teacher_temp}
+    warmup = np.linspace(cfg_a.loss.warmup_teacher_temp, cfg_a.loss.teacher_temp, iters)
+    np.testing.assert_allclose([temps[i] for i in range(1, iters + 1)], warmup)
     assert {temps[i] for i in range(iters + 1, 2 * iters + 1)} == {cfg_a.loss.teacher_temp}
 
 

@@ -108,7 +108,7 @@ class LossConfig:
     student_temp: float = 0.1
     teacher_temp: float = 0.04  # final teacher temperature (the paper: 0.04, up to 0.07)
     warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 0
+    warmup_teacher_temp_epochs: float = 0  # may be a fraction: the warm-up is per iteration
     center_momentum: float = 0.9
     centering: str = "ema"  # ema (DINO/iBOT) | sinkhorn (DINOv2's Sinkhorn-Knopp), for both losses
     sinkhorn_iterations: int = 3
@@ -441,6 +441,7 @@ def validate(cfg: Config) -> None:
         (cfg.loss.student_temp > 0 and cfg.loss.teacher_temp > 0 and cfg.loss.warmup_teacher_temp > 0,
          "loss temperatures", "must be positive"),
         (0 <= cfg.loss.center_momentum < 1, "loss.center_momentum", "must be in [0, 1)"),
+        (cfg.loss.warmup_teacher_temp_epochs >= 0, "loss.warmup_teacher_temp_epochs", "must be >= 0 (0 = no warm-up)"),
         (cfg.optim.epochs >= 1, "optim.epochs", "must be >= 1"),
         (cfg.optim.batch_size >= 2, "optim.batch_size", "must be >= 2"),
         (cfg.optim.lr > 0, "optim.lr", "must be positive"),

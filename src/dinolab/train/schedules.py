@@ -22,10 +22,15 @@ def cosine_schedule(
     return np.concatenate((warmup, cosine))
 
 
-def teacher_temp_schedule(warmup_temp: float, final_temp: float, warmup_epochs: int, epochs: int) -> np.ndarray:
-    """Per-epoch teacher temperature: linear warm-up, then constant."""
-    warmup = np.linspace(warmup_temp, final_temp, warmup_epochs)
-    return np.concatenate((warmup, np.full(max(epochs - warmup_epochs, 0), final_temp)))[:epochs]
+def teacher_temp_schedule(
+    warmup_temp: float, final_temp: float, warmup_epochs: float, epochs: int, iters_per_epoch: int = 1
+) -> np.ndarray:
+    """Teacher temperature for every iteration: linear warm-up (reaching final_temp on its last iteration), then
+    constant. With one iteration per epoch this is the DINO code's per-epoch schedule; per iteration, as in DINOv2,
+    a warm-up can last a fraction of an epoch, which short runs on small data need."""
+    total = epochs * iters_per_epoch
+    warmup = np.linspace(warmup_temp, final_temp, round(warmup_epochs * iters_per_epoch))
+    return np.concatenate((warmup, np.full(max(total - len(warmup), 0), final_temp)))[:total]
 
 
 @dataclass
@@ -52,19 +57,19 @@ class Schedules:
         self.wd = cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, iters_per_epoch)
         self.momentum = cosine_schedule(o.momentum_teacher, o.momentum_teacher_end, o.epochs, iters_per_epoch)
         self.teacher_temp = teacher_temp_schedule(
-            loss.warmup_teacher_temp, loss.teacher_temp, loss.warmup_teacher_temp_epochs, o.epochs
+            loss.warmup_teacher_temp, loss.teacher_temp, loss.warmup_teacher_temp_epochs, o.epochs, iters_per_epoch
         )
         self.ibot_teacher_temp = teacher_temp_schedule(
-            loss.ibot_warmup_teacher_temp, loss.ibot_teacher_temp, loss.warmup_teacher_temp_epochs, o.epochs
+            loss.ibot_warmup_teacher_temp, loss.ibot_teacher_temp, loss.warmup_teacher_temp_epochs, o.epochs,
+            iters_per_epoch,
         )
         self.freeze_last_layer_iters = round(o.freeze_last_layer_epochs * iters_per_epoch)
         self.freeze_backbone_iters = o.freeze_backbone_iterations
 
     def at(self, iteration: int) -> StepSchedule:
-        epoch = iteration // self.iters_per_epoch
         return StepSchedule(
             float(self.lr[iteration]), float(self.wd[iteration]), float(self.momentum[iteration]),
-            float(self.teacher_temp[epoch]), float(self.ibot_teacher_temp[epoch]),
+            float(self.teacher_temp[iteration]), float(self.ibot_teacher_temp[iteration]),
             train_last_layer=iteration >= self.freeze_last_layer_iters,
             train_backbone=iteration >= self.freeze_backbone_iters,
         )
