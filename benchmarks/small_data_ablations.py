@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16000, help="training subset, one epoch; 0 = the recipe's")
     parser.add_argument("--data", choices=("fmnist", "disjoint"), default="fmnist")
     parser.add_argument("--tag", default="", help="name of the row in the table (default: the ablation's)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 to run two rows side by side)")
     parser.add_argument("--knn-every", type=int, default=0, help="in-training k-NN monitor (eval.knn_every)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--list", action="store_true")
@@ -200,7 +201,7 @@ def disjoint_folders() -> tuple[Path, Path]:
 def config_for(name: str, args: argparse.Namespace) -> config_lib.Config:
     tag = args.tag or name
     overrides = [*ABLATIONS.get(name, []), *args.set, f"train.output_dir={WORK / args.data / tag}",
-                 "train.num_threads=2", f"eval.knn_every={args.knn_every}"]
+                 f"train.num_threads={args.threads}", f"eval.knn_every={args.knn_every}"]
     if args.data == "disjoint":
         pretrain, evaluation = disjoint_folders()
         stats = measure_images(pretrain)
@@ -231,7 +232,7 @@ def eval_datasets(cfg: config_lib.Config, data: str) -> tuple[Any, Any]:
 
 
 def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     cfg = config_for("baseline" if name in ("random-init", "pixels") else name, args)
     runtime = resolve(cfg.train.device, cfg.train.precision)
     row: dict[str, Any] = {"name": args.tag or name, "data": args.data, "recipe": str(args.recipe),
