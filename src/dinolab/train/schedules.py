@@ -27,7 +27,7 @@ def teacher_temp_schedule(
 ) -> np.ndarray:
     """Teacher temperature for every iteration: linear warm-up (reaching final_temp on its last iteration), then
     constant. With one iteration per epoch this is the DINO code's per-epoch schedule; per iteration, as in DINOv2,
-    a warm-up can last a fraction of an epoch, which short runs on small data need."""
+    a warm-up can also last a fraction of an epoch, so short runs can warm up at all."""
     total = epochs * iters_per_epoch
     warmup = np.linspace(warmup_temp, final_temp, round(warmup_epochs * iters_per_epoch))
     return np.concatenate((warmup, np.full(max(total - len(warmup), 0), final_temp)))[:total]
@@ -51,7 +51,6 @@ class Schedules:
 
     def __init__(self, cfg: Config, iters_per_epoch: int):
         o, loss = cfg.optim, cfg.loss
-        self.iters_per_epoch = iters_per_epoch
         lr_peak = scaled_lr(o.lr, o.batch_size, o.lr_scaling)
         self.lr = cosine_schedule(lr_peak, o.min_lr, o.epochs, iters_per_epoch, o.warmup_epochs)
         self.wd = cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, iters_per_epoch)
