@@ -127,8 +127,10 @@ def test_eval_of_an_exported_backbone_takes_the_training_normalization_again(
         assert main(["eval", "knn", "--checkpoint", str(checkpoint), *args, *extra, "--out", str(out)]) == 0
         scores.append({k: v for k, v in json.loads(out.read_text()).items() if k != "seconds"})
     assert scores[0] == scores[1]
-    assert main(["eval", "knn", "--checkpoint", str(exported), *args, "--mean", "0.5", "0.5"]) == 1
-    assert "the model takes 1-channel images, so give 1 value(s) each (got 2 and 1)" in capsys.readouterr().err
+    for wrong in (["--mean", "0.5", "0.5"], ["--std", "-0.5"]):
+        assert main(["eval", "knn", "--checkpoint", str(exported), *args, *wrong]) == 1
+        message = "--mean/--std: the model takes 1-channel images, so give 1 mean(s) and 1 positive std(s)"
+        assert message in capsys.readouterr().err
 
 
 def test_safetensors_export_carries_the_training_normalization(

@@ -283,14 +283,10 @@ def _eval(args: argparse.Namespace) -> None:
 def _normalization(args: argparse.Namespace, cfg: config_lib.Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """--mean / --std over the loaded model's normalization: a `.pth` backbone file carries no training
     config, so the one it was trained with must be given again (safetensors exports record it)."""
-    mean, std = tuple(args.mean or cfg.data.mean), tuple(args.std or cfg.data.std)
-    channels = cfg.model.in_chans
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"--mean/--std: the model takes {channels}-channel images, so give {channels} value(s) "
-                         f"each (got {len(mean)} and {len(std)})")
-    if any(s <= 0 for s in std):
-        raise ValueError("--std: every value must be positive")
-    return mean, std
+    from dinolab.hub.loading import checked_normalization
+
+    return checked_normalization((args.mean or cfg.data.mean, args.std or cfg.data.std), cfg.model.in_chans,
+                                 "--mean/--std")
 
 
 def _write_eval_results(args: argparse.Namespace, results: dict[str, dict[str, dict]], images: str) -> None:

@@ -268,13 +268,23 @@ def spec(name: str) -> ModelSpec:
     return MODEL_SPECS[name]
 
 
+def checked_normalization(
+    normalization: Normalization, channels: int, given_as: str = "normalization"
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) as float tuples, checked against the model's `channels`: a wrong count would broadcast or fail
+    deep inside a transform, and a std <= 0 divides by zero or flips the image. `given_as` names the input in
+    the error (a CLI flag, an argument)."""
+    mean, std = (tuple(float(v) for v in values) for values in normalization)
+    if len(mean) != channels or len(std) != channels or min(std, default=0) <= 0:
+        raise ValueError(f"{given_as}: the model takes {channels}-channel images, so give {channels} mean(s) "
+                         f"and {channels} positive std(s); got {mean} and {std}")
+    return mean, std
+
+
 def normalization_json(model: nn.Module, normalization: Normalization) -> str:
     """The input `normalization` (mean, std) as the metadata value exports record under NORMALIZATION_METADATA_KEY,
     checked against the model's input channels."""
-    mean, std = (tuple(float(v) for v in values) for values in normalization)
-    if len(mean) != model.in_chans or len(std) != model.in_chans or min(std) <= 0:
-        raise ValueError(f"normalization: the model takes {model.in_chans}-channel images, so give "
-                         f"{model.in_chans} mean(s) and {model.in_chans} positive std(s); got {mean} and {std}")
+    mean, std = checked_normalization(normalization, model.in_chans)
     return json.dumps({"mean": mean, "std": std})
 
 
