@@ -7,8 +7,8 @@ sample photos, grayscale, resized to 28 px), and JPEG copies of half of an --exc
 test images (leaks). Seed set: --seed-per-class training images of each of the 10 classes, none of them in
 the pool. Curated: `dinolab curate` with the demo backbone (dedup, decontamination, per-image retrieval).
 
-Same budget: both runs train the demo recipe for one epoch over a list of --budget entries (so the same
-iterations, learning-rate / momentum schedules and images seen): raw = a uniform sample without replacement
+Same budget: both runs train the demo recipe for one epoch (or --epochs) over a list of --budget entries (so the
+same iterations, learning-rate / momentum schedules and images seen): raw = a uniform sample without replacement
 of the raw pool; curated = the curated list repeated (shuffled copies) and cut to --budget (a budget
 smaller than the curated list, as the default 4,000: a uniform sample of it, each image once). Same
 normalization for both (Fashion-MNIST's 0.2860 / 0.3530). Scored with `dinolab.eval.knn.knn`: the 10k test
@@ -157,16 +157,22 @@ def knn_scores(backbone: torch.nn.Module) -> tuple[dict, float]:
     return {str(k): v for k, v in scores.items()}, round(time.perf_counter() - started, 1)
 
 
+def run_suffix(args: argparse.Namespace) -> str:
+    """Which run of an arm: the training seed and the epochs over the list, where not the defaults."""
+    return (f"_seed{args.train_seed}" if args.train_seed else "") + (f"_e{args.epochs}" if args.epochs != 1 else "")
+
+
 def stage_train(root: Path, arm: str, args: argparse.Namespace) -> dict:
     from dinolab.hub import load_backbone
 
-    out = root / "runs" / (arm if args.train_seed == 0 else f"{arm}_seed{args.train_seed}")
+    out = root / "runs" / f"{arm}{run_suffix(args)}"
     cmd = [DINOLAB, "train", "dino_vit_tiny_fmnist", "data.dataset=folder",
            f"data.file_list={root / f'{arm}_budget.txt'}", f"data.mean=[{MEAN[0]}]", f"data.std=[{STD[0]}]",
-           "optim.epochs=1", "data.num_workers=1", "train.num_threads=2", "eval.knn_every=0", f"train.output_dir={out}",
+           f"optim.epochs={args.epochs}", "data.num_workers=1", f"train.num_threads={args.threads}", "eval.knn_every=0",
+           f"train.output_dir={out}",
            *([f"train.seed={args.train_seed}"] if args.train_seed else [])]
     train_s = run(cmd)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     scores, knn_s = knn_scores(load_backbone(out / "checkpoint.pth"))
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"command": " ".join(cmd), "train_seconds": train_s, "knn_seconds": knn_s, "knn": scores,
@@ -179,7 +185,7 @@ def stage_random(args: argparse.Namespace) -> dict:
     from dinolab.eval.baselines import random_init_like
     from dinolab.models.build import build_backbone
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = random_init_like(build_backbone(config_lib.load("dino_vit_tiny_fmnist")), 0)
     scores, knn_s = knn_scores(model)
     return {"knn": scores, "knn_seconds": knn_s}
@@ -202,6 +208,10 @@ def main() -> None:
     parser.add_argument("--exclude-threshold", type=float, default=0.98)
     parser.add_argument("--budget", type=int, default=4000, help="list entries = images seen in the one epoch")
     parser.add_argument("--train-seed", type=int, default=0, help="train: train.seed (0: the recipe's)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="train: epochs over the --budget list (a longer run at the same list; same for both arms)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="train / random-init: torch threads (1: two arms side by side)")
     parser.add_argument("--draw", type=int, default=0,
                         help="build: seed of the pool's images (which Fashion-MNIST images, copies, junk, seed set, "
                              "leaks) and, plus one, of the two lists; use a new --workdir per draw")
@@ -226,7 +236,7 @@ def main() -> None:
     else:
         result = stage_random(args)
     name = f"stage_{args.stage.replace('-', '_')}{'_' + args.arm if args.arm else ''}"
-    name += f"_seed{args.train_seed}" if args.stage == "train" and args.train_seed else ""
+    name += run_suffix(args) if args.stage == "train" else ""
     (root / f"{name}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
