@@ -11,6 +11,8 @@ the teacher entropy / log K and KL over training, and the warnings the training 
 `--data disjoint` is the second data set: a class-disjoint split of Fashion-MNIST written as image folders
 (pretrain on the even classes, k-NN on the odd ones), normalized with the mean/std measured on the folder.
 `--images 0` trains on the recipe's full data for its own number of epochs (for whole recipes, not ablations).
+A row starts over unless `--resume` is given: then a stopped run (a long `--images 0` recipe cut off by a
+reboot) continues from its run dir's last checkpoint, bit for bit, and `wall_s` counts this process only.
 
 Usage:
   .venv/bin/python benchmarks/small_data_ablations.py baseline patch4 lr_x4 ...    # in order, one at a time
@@ -118,6 +120,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 to run two rows side by side)")
     parser.add_argument("--knn-every", type=int, default=0, help="in-training k-NN monitor (eval.knn_every)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a stopped row from its run dir's last checkpoint (wall_s: this process only)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--plot-entropy", type=Path, help="PNG: teacher entropy / log K and KL of every row")
@@ -251,7 +255,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     logging.getLogger("dinolab").addHandler(warnings)
     start = time.perf_counter()
     try:
-        result = fit(cfg, resume=False, quiet=True)
+        result = fit(cfg, resume=args.resume, quiet=True)
     finally:
         logging.getLogger("dinolab").removeHandler(warnings)
     wall = time.perf_counter() - start
@@ -273,6 +277,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "architecture": architecture,
         "mean": list(d.mean),
         "wall_s": round(wall, 1),
+        "resumed": args.resume,
         "eval_s": round(time.perf_counter() - start, 1),
         "iterations": records[-1]["iteration"],
         "batch_size": cfg.optim.batch_size,
