@@ -35,7 +35,7 @@ $(CHROMIUM):
 demo: install $(FMNIST)
 	$(BIN)/dinolab demo $(RECIPE)
 
-# The demo recipe for 18 epochs (k-NN k=20 89.03; 2 h 59 min in fp32 on a 2-core EPYC, about 50 min on the
+# The demo recipe for 18 epochs (k-NN k=20 89.03; 2 h 59 min in fp32 on a 2-core EPYC, 42.5-50 min on the
 # 2-core Xeon with bf16): docs/small_data.md, "Tenth round"
 demo-long: install $(FMNIST)
 	$(BIN)/dinolab demo dino_vit_tiny_fmnist_long
