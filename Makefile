@@ -35,8 +35,9 @@ $(CHROMIUM):
 demo: install $(FMNIST)
 	$(BIN)/dinolab demo $(RECIPE)
 
-# The demo recipe for 36 epochs (k-NN k=20 89.41 in 1 h 28 min on the 2-core Xeon with bf16; about 6 h in fp32,
-# where optim.epochs=18 gives 89.03 in 2 h 59 min): docs/small_data.md, "Thirteenth round"
+# The demo recipe for 36 epochs (k-NN k=20 89.41 in 1 h 28 min on the 2-core Xeon with bf16 and AMX; about 2 h 30 min
+# with AVX512-BF16 alone; about 6 h in fp32, where optim.epochs=18 gives 89.03 in 2 h 59 min): docs/small_data.md,
+# "Thirteenth round" and "Fourteenth round"
 demo-long: install $(FMNIST)
 	$(BIN)/dinolab demo dino_vit_tiny_fmnist_long
 
