@@ -53,7 +53,7 @@ def test_dino_loss_matches_the_reference_value_and_gradient(n_crops: int, batch:
     expected.backward()
     torch.testing.assert_close(student.grad, student_ref.grad, rtol=1e-4, atol=1e-7)
     assert student.grad.abs().sum() > 0
-    assert set(stats) == {"teacher_entropy", "kl"}
+    assert set(stats) == {"teacher_entropy", "kl", "teacher_batch_entropy"}
 
 
 def test_each_student_view_learns_only_from_the_other_teacher_views() -> None:
@@ -148,6 +148,20 @@ def test_a_one_hot_teacher_has_zero_entropy() -> None:
     loss, stats = DINOLoss(k)(torch.randn(8, k), teacher, 0.04)
     assert stats["teacher_entropy"].item() == pytest.approx(0.0, abs=1e-6)
     assert torch.isfinite(loss)
+
+
+def test_batch_entropy_tells_one_prototype_for_every_image_from_sharp_targets_that_differ() -> None:
+    """Both teachers give one-hot targets (entropy 0 per image); only the first is collapsed."""
+    k = 8
+    same = torch.full((4, k), -1000.0)
+    same[:, 3] = 1000.0
+    differ = torch.full((4, k), -1000.0)
+    differ[torch.arange(4), torch.arange(4)] = 1000.0
+    _, collapsed = DINOLoss(k)(torch.randn(8, k), same, 0.04)
+    _, healthy = DINOLoss(k)(torch.randn(8, k), differ, 0.04)
+    assert collapsed["teacher_entropy"].item() == healthy["teacher_entropy"].item() == pytest.approx(0.0, abs=1e-6)
+    assert collapsed["teacher_batch_entropy"].item() == pytest.approx(0.0, abs=1e-6)
+    assert healthy["teacher_batch_entropy"].item() == pytest.approx(math.log(4), rel=1e-5)
 
 
 def test_student_equal_to_teacher_target_minimizes_kl() -> None:

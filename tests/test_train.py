@@ -178,6 +178,9 @@ def test_collapse_warning() -> None:
     assert collapse_warning(0.001, k) is not None and "one prototype" in collapse_warning(0.001, k)
     assert collapse_warning(math.log(k), k) is not None and "uniform" in collapse_warning(math.log(k), k)
     assert collapse_warning(0.5 * math.log(k), k) is None
+    # per-image entropy near 0 is collapse only when the batch's mean target is one prototype too
+    assert "one prototype" in collapse_warning(0.001, k, batch_entropy=0.01)
+    assert collapse_warning(0.001, k, batch_entropy=math.log(40)) is None  # sharp targets that differ: healthy
 
 
 # ---------------------------------------------------------------- fit

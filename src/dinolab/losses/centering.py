@@ -94,5 +94,11 @@ def entropy(probs: Tensor) -> Tensor:
     return torch.special.entr(probs).sum(-1).mean()  # entr(p) = -p log p in one pass, 0 at p = 0
 
 
+def batch_entropy(probs: Tensor) -> Tensor:
+    """Entropy (nats) of the batch's mean distribution: about log(prototypes in use). Near 0 only when one
+    prototype wins for every image; sharp targets that differ between images keep it high."""
+    return torch.special.entr(probs.mean(0)).sum()
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dinolab.config import NUM_GLOBAL_CROPS
-from dinolab.losses.centering import TeacherTargetLoss, entropy
+from dinolab.losses.centering import TeacherTargetLoss, batch_entropy, entropy
 
 
 class DINOLoss(TeacherTargetLoss):
@@ -29,5 +29,5 @@ class DINOLoss(TeacherTargetLoss):
         total = sum(-(q[i] * (log_p_sum - log_p[i])).sum(-1).mean() for i in range(n_global))
         loss = total / (n_global * (n_crops - 1))
         with torch.no_grad():
-            h = entropy(q_all)
-        return loss, {"teacher_entropy": h, "kl": loss.detach() - h}
+            h, h_batch = entropy(q_all), batch_entropy(q_all)
+        return loss, {"teacher_entropy": h, "kl": loss.detach() - h, "teacher_batch_entropy": h_batch}

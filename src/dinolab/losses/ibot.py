@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dinolab.losses.centering import TeacherTargetLoss, entropy
+from dinolab.losses.centering import TeacherTargetLoss, batch_entropy, entropy
 
 
 class IBOTPatchLoss(TeacherTargetLoss):
@@ -21,7 +21,8 @@ class IBOTPatchLoss(TeacherTargetLoss):
         (unmasked ones count as 0, as in iBOT and DINOv2) — so every masked image weighs the same."""
         if not masks.any():  # nothing to predict; keep the center as it is
             zero = student_logits.float().sum() * 0.0
-            return zero, {"ibot_teacher_entropy": zero.detach(), "ibot_kl": zero.detach()}
+            return zero, {"ibot_teacher_entropy": zero.detach(), "ibot_kl": zero.detach(),
+                          "ibot_teacher_batch_entropy": zero.detach()}
         q = self.targets(teacher_logits, teacher_temp)
         log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
         per_patch = -(q * log_p).sum(-1)
@@ -29,5 +30,6 @@ class IBOTPatchLoss(TeacherTargetLoss):
         weights = per_image_weight.unsqueeze(-1).expand_as(masks)[masks]
         loss = (per_patch * weights).sum() / len(masks)
         with torch.no_grad():
-            h = entropy(q)
-        return loss, {"ibot_teacher_entropy": h, "ibot_kl": per_patch.detach().mean() - h}
+            h, h_batch = entropy(q), batch_entropy(q)
+        return loss, {"ibot_teacher_entropy": h, "ibot_kl": per_patch.detach().mean() - h,
+                      "ibot_teacher_batch_entropy": h_batch}
