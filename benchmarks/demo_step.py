@@ -15,6 +15,9 @@ is so small that per-call overheads, not matmuls, set its speed. Two of them wer
     worker1        the Fashion-MNIST batches augmented in one DataLoader worker process (the demo until now)
     worker0        augmented in the training process (the demo now)
 
+With --profile-steps N, torch's profiler over N more steps of "now": self CPU time per step by kind of operator
+(matmuls, convolutions, GELU, dtype casts, ...) and the top operators, to show where a cheaper step would come from.
+
 Also the 2048^2 matmul peak (best of 20, fp32 and bf16) and the step's FLOPs (torch's FlopCounterMode), for model
 FLOP utilization against the bf16 peak. Prints one JSON object on stdout; progress on stderr.
 
@@ -72,10 +75,39 @@ def next_step(trainer: Trainer, batches: Iterator[list[Tensor]], schedule: StepS
     trainer.step(next(batches), schedule)
 
 
-def measure_steps(cfg: config_lib.Config, steps: int, warmup: int, rounds: int) -> dict[str, Any]:
+OPERATOR_KINDS = {  # the profiler's aten names, grouped by what one would change to make them cheaper
+    "matmul (linear layers, attention)": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "convolution (stem, patch projection)": ("aten::mkldnn_convolution", "aten::convolution_backward"),
+    "GELU": ("aten::gelu", "aten::gelu_backward"),
+    "dtype casts and copies (autocast)": ("aten::copy_", "aten::_to_copy"),
+    "layer norm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+    "softmax": ("aten::_softmax", "aten::_softmax_backward_data"),
+    "optimizer (fused AdamW)": ("aten::_fused_adamw_",),
+    "teacher EMA": ("aten::lerp_",),
+}
+
+
+def profile_steps(trainer: Trainer, crops: list[list[Tensor]], schedule: StepSchedule) -> dict[str, Any]:
+    """Self CPU time per step by operator kind: which part of the step a cheaper recipe or kernel would have to cut."""
+    trainer.step(crops[0], schedule)  # warm
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for batch in crops:
+            trainer.step(batch, schedule)
+    ops = {e.key: e.self_cpu_time_total / 1e3 / len(crops) for e in prof.key_averages()}  # ms per step
+    total = sum(ops.values())
+    kinds = {kind: sum(ops.get(name, 0.0) for name in names) for kind, names in OPERATOR_KINDS.items()}
+    kinds["everything else"] = total - sum(kinds.values())
+    top = sorted(ops.items(), key=lambda item: -item[1])[:15]
+    return {"profiled_steps": len(crops), "self_cpu_ms_per_step": round(total, 1),
+            "by_kind": {k: {"ms": round(v, 1), "share": round(v / total, 3)} for k, v in kinds.items()},
+            "top_operators_ms": {name: round(ms, 1) for name, ms in top}}
+
+
+def measure_steps(cfg: config_lib.Config, steps: int, warmup: int, rounds: int,
+                  profile: int = 0) -> dict[str, Any]:
     dataset = build_dataset(cfg.data, cfg.model.in_chans)
     batches = MultiCropBatches(dataset, build_augmentation(cfg.data), cfg.optim.batch_size, cfg.train.seed, 0)
-    crops = [batches[i].crops for i in range(steps)]
+    crops = [batches[i].crops for i in range(max(steps, profile))]
     schedule = Schedules(cfg, len(batches)).at(len(batches) // 2)  # past warm-up and the prototype freeze
     trainers = {}
     for variant in STEP_VARIANTS:
@@ -85,7 +117,7 @@ def measure_steps(cfg: config_lib.Config, steps: int, warmup: int, rounds: int) 
     for r in range(rounds):
         for variant in STEP_VARIANTS:
             stem_layout(variant in ("channels_last", "now"))
-            step = functools.partial(next_step, trainers[variant], iter(crops), schedule)
+            step = functools.partial(next_step, trainers[variant], iter(crops[:steps]), schedule)
             timed = time_calls(step, steps - warmup, warmup=warmup)
             times[variant] += timed.wall_s
             log(f"round {r + 1}/{rounds} {variant}: median {statistics.median(timed.wall_s) * 1e3:.1f} ms")
@@ -98,6 +130,8 @@ def measure_steps(cfg: config_lib.Config, steps: int, warmup: int, rounds: int) 
                         "best_step_ms": round(min(wall) * 1e3, 2), "timed_steps": len(wall)}
     out["step_gflop"] = round(counter.get_total_flops() / 1e9, 3)
     out["speedup_median_now_vs_before"] = ratio(out["before"]["median_step_ms"], out["now"]["median_step_ms"])
+    if profile:
+        out["profile_now"] = profile_steps(trainers["now"], crops[:profile], schedule)
     return out
 
 
@@ -129,6 +163,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop-iterations", type=int, default=300, help="0: skip the loop variants")
+    parser.add_argument("--profile-steps", type=int, default=0, help="profile this many steps of 'now' (0: none)")
     args = parser.parse_args()
     cfg = config_lib.load(args.recipe, ["train.device=cpu"])
     result: dict[str, Any] = {
@@ -137,7 +172,7 @@ def main() -> None:
         "machine": cpu_facts(torch.get_num_threads()),
         "precision": resolve("cpu", cfg.train.precision).precision,
         "matmul_peak": matmul_peak(2048, 20),
-        "step": measure_steps(cfg, args.steps, args.warmup, args.rounds),
+        "step": measure_steps(cfg, args.steps, args.warmup, args.rounds, args.profile_steps),
     }
     peak = result["matmul_peak"]["bf16_gflops" if result["precision"] == "bf16" else "fp32_gflops"]
     for variant in STEP_VARIANTS:
