@@ -181,6 +181,9 @@ def test_collapse_warning() -> None:
     # per-image entropy near 0 is collapse only when the batch's mean target is one prototype too
     assert "one prototype" in collapse_warning(0.001, k, batch_entropy=0.01)
     assert collapse_warning(0.001, k, batch_entropy=math.log(40)) is None  # sharp targets that differ: healthy
+    # measured (docs/small_data.md, fifteenth round): teacher T 0.02's early collapse vs the long recipe's late epochs
+    assert collapse_warning(0.001, k, batch_entropy=0.77) is not None
+    assert collapse_warning(0.001, k, batch_entropy=2.66) is None
 
 
 # ---------------------------------------------------------------- fit
