@@ -97,7 +97,7 @@ def entropy(probs: Tensor) -> Tensor:
 def batch_entropy(probs: Tensor) -> Tensor:
     """Entropy (nats) of the batch's mean distribution: about log(prototypes in use). Near 0 only when one
     prototype wins for every image; sharp targets that differ between images keep it high."""
-    return torch.special.entr(probs.mean(0)).sum()
+    return entropy(probs.mean(0, keepdim=True))
 
 
 def _distributed() -> bool:

@@ -165,9 +165,7 @@ class TrainingMonitor:
         # the warnings below look only at steps after the lr warm-up: before it nothing has been learned yet
         self.warmup_iterations = max(round(cfg.optim.warmup_epochs * iters_per_epoch), 1)
         stretch = max(round(UNIFORM_STRETCH_EPOCHS * iters_per_epoch), UNIFORM_MIN_LOGGED_STEPS * cfg.train.log_every)
-        self.uniform_watches = [UniformTargetsWatch("[CLS]", "", cfg.head.out_dim, stretch)]
-        if cfg.loss.ibot_weight > 0:
-            self.uniform_watches.append(UniformTargetsWatch("iBOT patch", "ibot_", cfg.head.patch_out_dim, stretch))
+        self.uniform_watches = [UniformTargetsWatch(*kind, stretch) for kind in target_kinds(cfg)]
         self._warned_knn = False
         self._knn_gain: float | None = None  # last k-NN check minus random init (points)
         self._window_start, self._window_images = time.perf_counter(), 0
@@ -267,19 +265,25 @@ def collapse_warning(teacher_entropy: float, num_prototypes: int, batch_entropy:
     return None
 
 
+def target_kinds(cfg: Config) -> list[tuple[str, str, int]]:
+    """(name in the warnings, prefix of the metrics, prototypes K) of each kind of teacher target the run scores:
+    the [CLS] targets, and with iBOT the patch targets."""
+    kinds = [("[CLS]", "", cfg.head.out_dim)]
+    if cfg.loss.ibot_weight > 0:
+        kinds.append(("iBOT patch", "ibot_", cfg.head.patch_out_dim))
+    return kinds
+
+
 def warn_on_collapse(metrics: dict[str, float], cfg: Config) -> None:
-    """The collapse monitor, for the [CLS] targets and (iBOT) the patch targets; none without targets
-    (feature distillation)."""
-    if "teacher_entropy" not in metrics:
-        return
-    warning = collapse_warning(metrics["teacher_entropy"], cfg.head.out_dim, metrics.get("teacher_batch_entropy"))
-    if warning:
-        log.warning("[CLS] targets: %s", warning)
-    if "ibot_teacher_entropy" in metrics:
-        warning = collapse_warning(metrics["ibot_teacher_entropy"], cfg.head.patch_out_dim,
-                                   metrics.get("ibot_teacher_batch_entropy"))
+    """The collapse monitor, for each kind of teacher target; none for targets the metrics lack (feature
+    distillation has no teacher distributions)."""
+    for name, prefix, num_prototypes in target_kinds(cfg):
+        if f"{prefix}teacher_entropy" not in metrics:
+            continue
+        warning = collapse_warning(metrics[f"{prefix}teacher_entropy"], num_prototypes,
+                                   metrics.get(f"{prefix}teacher_batch_entropy"))
         if warning:
-            log.warning("iBOT patch targets: %s", warning)
+            log.warning("%s targets: %s", name, warning)
 
 
 # Near-uniform targets, the common failure on small data: the teacher's distributions keep at least
